@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     do_token_provisioning: SecretStr | None = None
     do_token_read: SecretStr | None = None
     do_timeout_seconds: float = Field(default=30.0, gt=0)
+    do_retry_attempts: int = Field(default=4, ge=1, description="Tries of a safe request (GET, DELETE).")
+    do_retry_base_seconds: float = Field(default=0.5, ge=0)
+    do_retry_max_seconds: float = Field(default=8.0, ge=0)
+    do_retry_deadline_seconds: float = Field(default=30.0, ge=0)
 
     poll_initial_seconds: float = Field(default=1.0, gt=0)
     poll_max_seconds: float = Field(default=15.0, gt=0)
@@ -77,9 +81,7 @@ class Settings(BaseSettings):
         return value
 
     def do_token_for(self, purpose: TokenPurpose) -> SecretStr:
-        specific = (
-            self.do_token_provisioning if purpose is TokenPurpose.PROVISIONING else self.do_token_read
-        )
+        specific = self.do_token_provisioning if purpose is TokenPurpose.PROVISIONING else self.do_token_read
         token = specific or self.do_token
         if token is None or not token.get_secret_value():
             raise ConfigurationError(

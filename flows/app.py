@@ -1,0 +1,142 @@
+"""Wiring shared by every saga flow: build the ledger, catalog and runner; the flow hooks.
+
+Every path (the flow body, on_failure, on_cancellation, on_crashed, the recovery sweep) ends in
+``Runner.advance`` on the same ledger, so a saga rolls back the same way whoever notices first.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sagas.context import Provisioning
+from sagas.errors import SagaBusyError, SagaError
+from sagas.ledger.database import engine_for
+from sagas.ledger.store import Ledger
+from sagas.models import SagaRun, SagaStatus
+from sagas.runner import Invoke, Mode, Runner, invoke_directly
+from sagas.services import Services
+from sagas.settings import Settings, load_settings
+from sagas.steps import Catalog
+from tasks.registry import catalog
+
+_log = logging.getLogger("sagas.flows")
+
+
+@dataclass
+class App:
+    settings: Settings
+    ledger: Ledger
+    catalog: Catalog
+
+    def runner(self, invoke: Invoke[Any] = invoke_directly) -> Runner:
+        return Runner(self.ledger, self.catalog, Services(self.settings), invoke)
+
+    def provisioning(self) -> Provisioning:
+        return Provisioning(self.ledger, self.catalog)
+
+
+def build_app(settings: Settings | None = None) -> App:
+    settings = settings or load_settings()
+    return App(settings=settings, ledger=Ledger(engine_for(settings)), catalog=catalog())
+
+
+class SagaDidNotComplete(SagaError):
+    """Raised by a flow whose saga must roll back: it fails the flow run so on_failure compensates."""
+
+
+def run_saga_flow(
+    kind: str,
+    inputs: dict[str, Any],
+    *,
+    steps: list[str] | None,
+    saga_id: uuid.UUID | None,
+    triggered_by: str,
+    deployment_id: str | None,
+) -> dict[str, Any]:
+    """The body every saga flow shares: record (idempotently), claim, run forward."""
+    from prefect.runtime import flow_run
+
+    from tasks.prefect_steps import invoke_as_task
+
+    app = build_app()
+    saga = app.provisioning().create_saga(
+        kind, inputs, steps=steps, saga_id=saga_id, triggered_by=triggered_by, deployment_id=deployment_id
+    )
+    if flow_run.id:
+        app.ledger.attach_flow_run(saga.id, uuid.UUID(flow_run.id))
+    with _closing(app.runner(invoke_as_task)) as runner:
+        result = runner.advance(saga.id, Mode.FORWARD)
+    if result.status is SagaStatus.COMPENSATING:
+        raise SagaDidNotComplete(f"saga {saga.id} is rolling back: {result.error}")
+    if result.status is not SagaStatus.COMPLETED:
+        raise SagaDidNotComplete(f"saga {saga.id} ended {result.status.value}: {result.error}")
+    return summary(result)
+
+
+def summary(saga: SagaRun) -> dict[str, Any]:
+    return {"saga_id": str(saga.id), "kind": saga.kind, "status": saga.status.value, "context": saga.context}
+
+
+class _closing:
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def __enter__(self) -> Runner:
+        return self.runner
+
+    def __exit__(self, *exc: object) -> None:
+        self.runner.services.close()
+
+
+def _saga_of(flow_run: Any) -> SagaRun | None:
+    app = build_app()
+    saga = app.ledger.find_saga_by_flow_run(uuid.UUID(str(flow_run.id)))
+    if saga is None:
+        raw = (flow_run.parameters or {}).get("saga_id")
+        if raw:
+            try:
+                saga = app.ledger.get_saga(uuid.UUID(str(raw)))
+            except SagaError:
+                return None
+    return saga
+
+
+def _roll_back(flow_run: Any, reason: str, *, cancel: bool) -> None:
+    from tasks.prefect_steps import invoke_as_task
+
+    saga = _saga_of(flow_run)
+    if saga is None:
+        _log.info("flow run %s has no saga (rejected before one was recorded)", flow_run.id)
+        return
+    app = build_app()
+    if cancel:
+        app.ledger.request_cancel(saga.id)
+    try:
+        with _closing(app.runner(invoke_as_task)) as runner:
+            final = runner.advance(saga.id, Mode.ROLLBACK, reason=reason)
+    except SagaBusyError as exc:
+        _log.warning("not rolling back here: %s (its holder or the recovery sweep will)", exc)
+        return
+    _log.info("saga %s is %s", saga.id, final.status.value)
+
+
+def on_failure_compensate(flow: Any, flow_run: Any, state: Any) -> None:
+    _roll_back(flow_run, f"flow run failed: {state.message}", cancel=False)
+
+
+def on_cancellation_compensate(flow: Any, flow_run: Any, state: Any) -> None:
+    _roll_back(flow_run, "flow run cancelled", cancel=True)
+
+
+def on_crashed_compensate(flow: Any, flow_run: Any, state: Any) -> None:
+    _roll_back(flow_run, f"flow run crashed: {state.message}", cancel=False)
+
+
+SAGA_HOOKS: dict[str, Any] = {
+    "on_failure": [on_failure_compensate],
+    "on_cancellation": [on_cancellation_compensate],
+    "on_crashed": [on_crashed_compensate],
+}

@@ -1,0 +1,125 @@
+"""The seed's context functions (``ArcadiaCloud.Provisioning``), in Python.
+
+``start_saga`` records a saga and launches its flow run; ``create_saga`` records one without
+launching (the seed's test harness needed that to avoid two runners; here the lease makes the
+race harmless anyway). Every input is validated by the catalog before a row is written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from sagas.errors import InputError
+from sagas.ledger.store import Ledger
+from sagas.models import SagaRun, SagaStatus, StepResult
+from sagas.steps import Catalog
+
+Launcher = Callable[[SagaRun], None]
+
+
+def parse_saga_id(value: str | uuid.UUID) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value).strip())
+    except ValueError:
+        raise InputError(f"{value!r} is not a saga id: a saga id is a UUID (see `sagas list`)") from None
+
+
+class Provisioning:
+    def __init__(self, ledger: Ledger, catalog: Catalog, launch: Launcher | None = None) -> None:
+        self.ledger = ledger
+        self.catalog = catalog
+        self._launch = launch
+
+    def create_saga(
+        self,
+        kind: str,
+        inputs: Mapping[str, Any],
+        *,
+        steps: Iterable[str] | None = None,
+        saga_id: uuid.UUID | None = None,
+        deployment_id: str | None = None,
+        triggered_by: str = "manual",
+    ) -> SagaRun:
+        new = self.catalog.new_saga(
+            kind,
+            inputs,
+            steps=steps,
+            saga_id=saga_id,
+            triggered_by=triggered_by,
+            deployment_id=deployment_id,
+        )
+        saga, _created = self.ledger.create_saga(new)
+        return saga
+
+    def start_saga(
+        self,
+        kind: str,
+        inputs: Mapping[str, Any],
+        *,
+        steps: Iterable[str] | None = None,
+        saga_id: uuid.UUID | None = None,
+        deployment_id: str | None = None,
+        triggered_by: str = "manual",
+    ) -> SagaRun:
+        """Record the saga and launch its flow run. Starting the same saga id twice is harmless."""
+        if self._launch is None:
+            raise InputError("this Provisioning has no launcher: use create_saga, or build it with one")
+        saga = self.create_saga(
+            kind,
+            inputs,
+            steps=steps,
+            saga_id=saga_id,
+            deployment_id=deployment_id,
+            triggered_by=triggered_by,
+        )
+        self._launch(saga)
+        return self.ledger.get_saga(saga.id)
+
+    def snapshot_droplet(
+        self,
+        droplet_id: int | str,
+        *,
+        label: str | None = None,
+        triggered_by: str = "manual",
+        saga_id: uuid.UUID | None = None,
+    ) -> SagaRun:
+        inputs: dict[str, Any] = {"droplet_id": droplet_id}
+        if label is not None:
+            inputs["label"] = label
+        return self.start_saga("snapshot", inputs, triggered_by=triggered_by, saga_id=saga_id)
+
+    def get_saga(self, saga_id: uuid.UUID | str) -> SagaRun:
+        return self.ledger.get_saga(parse_saga_id(saga_id))
+
+    def list_sagas(
+        self,
+        *,
+        status: SagaStatus | str | None = None,
+        kind: str | None = None,
+        deployment_id: str | None = None,
+        limit: int | None = 50,
+    ) -> list[SagaRun]:
+        if status is not None and not isinstance(status, SagaStatus):
+            try:
+                status = SagaStatus(status)
+            except ValueError:
+                raise InputError(
+                    f"unknown status {status!r}: one of {', '.join(s.value for s in SagaStatus)}"
+                ) from None
+        if kind is not None:
+            self.catalog.kind(kind)
+        if limit is not None and not 1 <= limit <= 10_000:
+            raise InputError("limit must be between 1 and 10000")
+        return self.ledger.list_sagas(status=status, kind=kind, deployment_id=deployment_id, limit=limit)
+
+    def list_step_results(self, saga_id: uuid.UUID | str) -> list[StepResult]:
+        saga = self.get_saga(saga_id)
+        return self.ledger.list_step_results(saga.id)
+
+    def cancel_saga(self, saga_id: uuid.UUID | str) -> SagaRun:
+        """Ask the saga to stop; its runner rolls it back at the next safe point."""
+        return self.ledger.request_cancel(parse_saga_id(saga_id))

@@ -1,0 +1,89 @@
+"""The demo: the seed's live smoke, replayed against a simulator started here.
+
+1. ``[create_droplet_snapshot, fail]``: a real snapshot in the simulator, a failing step, the
+   rollback: ``rolled_back`` with ``create_droplet_snapshot: compensated, fail: failed`` and zero
+   snapshots left.
+2. A plain snapshot saga that completes and leaves exactly one snapshot.
+
+It uses whatever ledger the settings choose (the embedded Postgres when SAGAS_DATABASE_URL is
+unset) and talks to the simulator with a throwaway token, never a real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+DEMO_TOKEN = "demo-token-not-a-secret"
+
+
+def _environment(base_url: str) -> None:
+    os.environ["SAGAS_DO_API_URL"] = base_url
+    os.environ["SAGAS_DO_TOKEN"] = DEMO_TOKEN
+    os.environ.pop("SAGAS_DO_TOKEN_PROVISIONING", None)
+    os.environ.setdefault("SAGAS_POLL_INITIAL_SECONDS", "0.2")
+    os.environ.setdefault("SAGAS_POLL_MAX_SECONDS", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def run_demo(out: Console) -> int:
+    from sagas.cli import run_flow
+    from sagas.digitalocean.simulator import SimulatorConfig, run_simulator_in_thread
+
+    config = SimulatorConfig(time_scale=0.2)  # a 2 s snapshot action takes 0.4 s
+    with run_simulator_in_thread(config) as sim:
+        _environment(sim.base_url)
+        control = httpx.Client(base_url=sim.base_url, timeout=10)
+        droplet = control.post("/_sim/droplets", json={"name": "demo-web-1", "tags": ["demo"]}).json()
+        droplet_id = int(droplet["droplet"]["id"] if "droplet" in droplet else droplet["id"])
+        out.print(f"simulator at {sim.base_url}, droplet {droplet_id}")
+        from flows.app import build_app
+
+        ledger = build_app().ledger
+        ok = True
+
+        out.rule("1. the seed's smoke: [create_droplet_snapshot, fail]")
+        smoke = run_flow(
+            "test", {"droplet_id": droplet_id}, ["create_droplet_snapshot", "fail"], uuid.uuid4(), "demo"
+        )
+        smoke_steps = {s.step_name: s.status.value for s in ledger.list_step_results(smoke.id)}
+        left = _snapshots(control)
+        _print_ledger(out, smoke, ledger)
+        out.print(f"snapshots left in the simulator: {len(left)}")
+        ok &= smoke.status.value == "rolled_back" and not left
+        ok &= smoke_steps == {"create_droplet_snapshot": "compensated", "fail": "failed"}
+
+        out.rule("2. a snapshot saga that completes")
+        plain = run_flow(
+            "snapshot", {"droplet_id": droplet_id}, ["create_droplet_snapshot"], uuid.uuid4(), "demo"
+        )
+        left = _snapshots(control)
+        _print_ledger(out, plain, ledger)
+        out.print(f"snapshots in the simulator: {[s['name'] for s in left]}")
+        ok &= plain.status.value == "completed" and len(left) == 1
+        control.close()
+    out.rule("demo " + ("passed" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+def _snapshots(control: httpx.Client) -> list[dict[str, Any]]:
+    state = control.get("/_sim/state").json()
+    return [s for s in state["snapshots"] if not s.get("deleted")]
+
+
+def _print_ledger(out: Console, saga: Any, ledger: Any) -> None:
+    out.print(
+        f"saga {saga.id}: {saga.status.value}" + (f"  ({saga.error})" if saga.error else ""), markup=False
+    )
+    for step in ledger.list_step_results(saga.id):
+        out.print(
+            f"  {step.step_name}: {step.status.value}  key={step.idempotency_key}"
+            f"  output={json.dumps(step.output, sort_keys=True)}",
+            markup=False,
+        )

@@ -1,0 +1,536 @@
+"""Typed, synchronous DigitalOcean API v2 client over an injected ``httpx.Client``.
+
+Every HTTP call goes through ``DigitalOceanClient._send``, the one place where httpx exceptions and
+HTTP statuses become the project's errors (``sagas.errors``) and the one retry layer of this call
+path (callers must not stack another around it):
+
+- 2xx: the body is parsed into a model; a body we cannot parse is ``ProviderResponseError``.
+- 404 ``ProviderNotFoundError``; 422 "pending event" ``PendingEventError``; other 4xx
+  ``ProviderRejectedError`` with DigitalOcean's ``id``/``message``/``request_id``.
+- 429: wait for ``retry-after`` or ``ratelimit-reset`` and send again (a 429 was not applied, so this
+  is safe for every method) within ``RetryPolicy.max_rate_limit_wait``; then ``RateLimitedError``.
+- 5xx and transport failures: GET and DELETE are retried with capped, jittered exponential backoff,
+  then ``ProviderUnavailableError``. A POST is retried only when nothing was sent (connect errors);
+  once it may have reached the provider it is ``AmbiguousWriteError`` at once and NEVER re-sent:
+  the caller resolves it by looking the resource up by its deterministic name.
+
+It must never put the token in a message, a log record or a URL, and never send it to a host other
+than ``base_url`` (pagination links are followed by path only).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Literal, Self, TypeVar, overload
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import httpx
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from sagas.digitalocean.models import (
+    Action,
+    ActionEnvelope,
+    ActionPage,
+    Droplet,
+    DropletActionRequest,
+    DropletCreateRequest,
+    DropletEnvelope,
+    DropletPage,
+    ErrorBody,
+    Page,
+    Snapshot,
+    SnapshotActionRequest,
+    SnapshotEnvelope,
+    SnapshotPage,
+)
+from sagas.digitalocean.ratelimit import RateBudget, budget_for_token
+from sagas.errors import (
+    AmbiguousWriteError,
+    ConfigurationError,
+    InputError,
+    PendingEventError,
+    ProviderError,
+    ProviderNotFoundError,
+    ProviderRejectedError,
+    ProviderResponseError,
+    ProviderUnavailableError,
+    RateLimitedError,
+)
+from sagas.settings import Settings, TokenPurpose
+
+logger = logging.getLogger("sagas.digitalocean")
+
+USER_AGENT = "arcadia-sagas/0.1"
+PER_PAGE = 200
+# A listing longer than this is a pagination loop at the provider, not a real account.
+MAX_PAGES = 500
+# A 429 that says "retry now" still waits this long, so a misbehaving server cannot spin us.
+MIN_RATE_LIMIT_WAIT = 1.0
+
+Method = Literal["GET", "POST", "DELETE"]
+_IDEMPOTENT: frozenset[str] = frozenset({"GET", "DELETE"})
+# Failures where the request never left this process: safe to send again, even a POST.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+M = TypeVar("M", bound=BaseModel)
+P = TypeVar("P", bound=Page)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long ``_send`` keeps trying. ``sleep`` is the test switch: pass a recorder, not a patch."""
+
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    deadline: float = 30.0
+    max_rate_limit_wait: float = 120.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0 or self.deadline < 0:
+            raise ValueError("a retry policy needs attempts >= 1 and non-negative delays")
+
+    def backoff(self, failures: int) -> float:
+        """Capped exponential backoff with equal jitter, for the ``failures``-th failure (1-based)."""
+        capped = min(self.max_delay, self.base_delay * 2.0 ** (failures - 1))
+        return capped / 2 + random.uniform(0, capped / 2)
+
+
+class DigitalOceanClient:
+    """The DigitalOcean calls the sagas make, with models in and out. Not thread-safe to close while
+    in use; otherwise safe to share between threads (httpx.Client is)."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        token: SecretStr,
+        *,
+        budget: RateBudget | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        if not token.get_secret_value():
+            raise ConfigurationError("an empty DigitalOcean token was given: set SAGAS_DO_TOKEN")
+        self._http = http
+        self._token = token
+        self._budget = budget
+        self._retry = retry
+        self._owns_http = False
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        purpose: TokenPurpose,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> DigitalOceanClient:
+        """A client for ``purpose``'s token that owns its httpx client and shares the token's budget."""
+        token = settings.do_token_for(purpose)
+        http = httpx.Client(
+            base_url=settings.do_api_url,
+            timeout=settings.do_timeout_seconds,
+            transport=transport,
+            headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+            follow_redirects=False,
+        )
+        client = cls(http, token, budget=budget_for_token(token), retry=retry)
+        client._owns_http = True
+        return client
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DigitalOceanClient(base_url={str(self._http.base_url)!r})"
+
+    # --- droplets --------------------------------------------------------------------------------
+
+    def get_droplet(self, droplet_id: int) -> Droplet:
+        return self._send("GET", f"/v2/droplets/{_id(droplet_id)}", model=DropletEnvelope).droplet
+
+    def list_droplets(self, *, tag_name: str | None = None, name: str | None = None) -> list[Droplet]:
+        params = {k: v for k, v in (("tag_name", tag_name), ("name", name)) if v is not None}
+        pages = self._paginate("/v2/droplets", params, DropletPage, max_pages=None)
+        return [droplet for page in pages for droplet in page.droplets]
+
+    def create_droplet(self, req: DropletCreateRequest) -> Droplet:
+        return self._send("POST", "/v2/droplets", body=req, model=DropletEnvelope).droplet
+
+    def delete_droplet(self, droplet_id: int) -> None:
+        self._send("DELETE", f"/v2/droplets/{_id(droplet_id)}", model=None)
+
+    # --- actions ---------------------------------------------------------------------------------
+
+    def create_droplet_snapshot(self, droplet_id: int, name: str) -> Action:
+        """Start a snapshot action. Its ``resource_id`` is the droplet; find the snapshot by name."""
+        return self.post_droplet_action(droplet_id, SnapshotActionRequest(name=name))
+
+    def post_droplet_action(self, droplet_id: int, req: DropletActionRequest) -> Action:
+        path = f"/v2/droplets/{_id(droplet_id)}/actions"
+        return self._send("POST", path, body=req, model=ActionEnvelope).action
+
+    def get_action(self, action_id: int) -> Action:
+        return self._send("GET", f"/v2/actions/{_id(action_id)}", model=ActionEnvelope).action
+
+    def list_droplet_actions(self, droplet_id: int, *, max_pages: int | None = 2) -> list[Action]:
+        """The droplet's actions, newest first as the API returns them; ``max_pages=None`` for all."""
+        path = f"/v2/droplets/{_id(droplet_id)}/actions"
+        pages = self._paginate(path, {}, ActionPage, max_pages=max_pages)
+        return [action for page in pages for action in page.actions]
+
+    # --- snapshots -------------------------------------------------------------------------------
+
+    def list_droplet_snapshots(self, droplet_id: int) -> list[Snapshot]:
+        """Every snapshot of the droplet. A new snapshot appears here seconds after its action
+        completes and lingers briefly after it is deleted: poll, do not conclude from one look."""
+        path = f"/v2/droplets/{_id(droplet_id)}/snapshots"
+        pages = self._paginate(path, {}, SnapshotPage, max_pages=None)
+        # The per-droplet listing omits the origin; fill it in so callers see the same shape as
+        # /v2/snapshots/{id}.
+        return [
+            snap.model_copy(update={"resource_id": str(droplet_id), "resource_type": "droplet"})
+            if snap.resource_id is None
+            else snap
+            for page in pages
+            for snap in page.snapshots
+        ]
+
+    def find_droplet_snapshot_by_name(self, droplet_id: int, name: str) -> Snapshot | None:
+        """The droplet's snapshot named ``name`` (the oldest if there are several), or None."""
+        matches = sorted(
+            (s for s in self.list_droplet_snapshots(droplet_id) if s.name == name),
+            key=lambda s: s.created_at,
+        )
+        if len(matches) > 1:
+            logger.warning(
+                "droplet %s has %d snapshots named %r; using the oldest, %s",
+                droplet_id,
+                len(matches),
+                name,
+                matches[0].id,
+            )
+        return matches[0] if matches else None
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        path = f"/v2/snapshots/{_path_segment(snapshot_id)}"
+        return self._send("GET", path, model=SnapshotEnvelope).snapshot
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Delete a snapshot. Raises ProviderNotFoundError when it is already gone (an undo's success)."""
+        self._send("DELETE", f"/v2/snapshots/{_path_segment(snapshot_id)}", model=None)
+
+    # --- the transport edge ----------------------------------------------------------------------
+
+    def _paginate(
+        self, path: str, params: dict[str, str], model: type[P], *, max_pages: int | None
+    ) -> Iterator[P]:
+        query: dict[str, str | int] = {**params, "per_page": PER_PAGE}
+        seen: set[tuple[str, frozenset[tuple[str, str]]]] = set()
+        for number in range(1, MAX_PAGES + 1):
+            seen.add(_page_key(path, query))
+            page = self._send("GET", path, params=query, model=model)
+            yield page
+            next_url = page.next_url
+            if next_url is None or (max_pages is not None and number >= max_pages):
+                return
+            path, query = self._follow_link(next_url)
+            query.setdefault("per_page", PER_PAGE)
+            if _page_key(path, query) in seen:
+                break
+        raise self._error(
+            ProviderResponseError,
+            f"GET {path}: the provider's pagination links loop or exceed {MAX_PAGES} pages;"
+            " the listing is incomplete, report it to the provider",
+        )
+
+    def _follow_link(self, url: str) -> tuple[str, dict[str, str | int]]:
+        # Follow by path only: the token must never go to a host other than base_url.
+        parts = urlsplit(url)
+        path = parts.path
+        prefix = self._http.base_url.path.rstrip("/")
+        if prefix and path.startswith(prefix + "/"):
+            path = path[len(prefix) :]
+        if not path.startswith("/v2/"):
+            raise self._error(
+                ProviderResponseError,
+                f"the provider sent a pagination link outside /v2/ ({path!r}); refusing to follow it",
+            )
+        return path, dict(parse_qsl(parts.query))
+
+    @overload
+    def _send(
+        self,
+        method: Method,
+        path: str,
+        *,
+        model: type[M],
+        params: dict[str, str | int] | None = None,
+        body: BaseModel | None = None,
+    ) -> M: ...
+
+    @overload
+    def _send(
+        self,
+        method: Method,
+        path: str,
+        *,
+        model: None,
+        params: dict[str, str | int] | None = None,
+        body: BaseModel | None = None,
+    ) -> None: ...
+
+    def _send(
+        self,
+        method: Method,
+        path: str,
+        *,
+        model: type[M] | None,
+        params: dict[str, str | int] | None = None,
+        body: BaseModel | None = None,
+    ) -> M | None:
+        where = f"{method} {path}"
+        payload = body.model_dump(mode="json", exclude_none=True) if body is not None else None
+        idempotent = method in _IDEMPOTENT
+        policy = self._retry
+        started = time.monotonic()
+        failures = 0
+        backoff_slept = 0.0
+        rate_limit_waited = 0.0
+
+        def retry_delay() -> float | None:
+            """Seconds to wait before the next attempt, or None when attempts or time ran out."""
+            if failures >= policy.attempts:
+                return None
+            delay = policy.backoff(failures)
+            elapsed = max(time.monotonic() - started - rate_limit_waited, backoff_slept)
+            return None if elapsed + delay > policy.deadline else delay
+
+        while True:
+            if self._budget is not None:
+                self._budget.acquire()
+            try:
+                response = self._http.request(
+                    method, path, params=params, json=payload, headers=self._headers()
+                )
+            except httpx.TransportError as exc:
+                what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if not idempotent and not isinstance(exc, _NOT_SENT):
+                    raise self._error(
+                        AmbiguousWriteError,
+                        f"{where} failed with {what} after the request may have reached the provider;"
+                        " it may or may not have been applied. Do not resend it: look the resource up"
+                        " by its idempotency key.",
+                    ) from exc
+                failures += 1
+                delay = retry_delay()
+                if delay is None:
+                    raise self._error(
+                        ProviderUnavailableError,
+                        f"{where} failed with {what} ({failures} attempts); the provider could not"
+                        " be reached: try again later.",
+                    ) from exc
+                logger.warning("%s failed with %s; retrying in %.1fs", where, type(exc).__name__, delay)
+                policy.sleep(delay)
+                backoff_slept += delay
+                continue
+            except httpx.HTTPError as exc:  # e.g. a body that cannot be decoded
+                raise self._error(
+                    ProviderResponseError,
+                    f"{where}: the response could not be read ({type(exc).__name__}: {exc});"
+                    " report it with the time of the request.",
+                ) from exc
+
+            status = response.status_code
+            logger.debug("%s %s -> %s", method, path, status)
+            if self._budget is not None:
+                self._budget.observe(response.headers)
+
+            if 200 <= status < 300:
+                return self._parse(where, response, model)
+
+            if status == 429:
+                wait = _rate_limit_wait(response.headers)
+                if wait is None:
+                    wait = policy.backoff(1)
+                wait = max(wait, MIN_RATE_LIMIT_WAIT)
+                if rate_limit_waited + wait > policy.max_rate_limit_wait:
+                    raise self._error(
+                        RateLimitedError,
+                        f"{where}: rate limited (HTTP 429) for longer than the client's"
+                        f" {policy.max_rate_limit_wait:.0f}s wait budget; the request was not applied,"
+                        f" retry after {wait:.0f}s or lower the request rate.",
+                        retry_after=wait,
+                        status_code=status,
+                        request_id=_error_body(response).request_id,
+                    )
+                logger.info("%s rate limited; waiting %.1fs", where, wait)
+                policy.sleep(wait)
+                rate_limit_waited += wait
+                continue
+
+            if status >= 500:
+                error = _error_body(response)
+                detail = _describe(status, error)
+                if not idempotent:
+                    raise self._error(
+                        AmbiguousWriteError,
+                        f"{where} failed with {detail}; the provider may or may not have applied it."
+                        " Do not resend it: look the resource up by its idempotency key.",
+                        status_code=status,
+                        request_id=error.request_id,
+                    )
+                failures += 1
+                delay = retry_delay()
+                if delay is None:
+                    raise self._error(
+                        ProviderUnavailableError,
+                        f"{where} failed with {detail} ({failures} attempts); the provider is having"
+                        " trouble: try again later.",
+                        status_code=status,
+                        request_id=error.request_id,
+                    )
+                logger.warning("%s -> %s; retrying in %.1fs", where, status, delay)
+                policy.sleep(delay)
+                backoff_slept += delay
+                continue
+
+            raise self._rejection(where, response)
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self._token.get_secret_value()}",
+            "User-Agent": USER_AGENT,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+
+    def _parse(self, where: str, response: httpx.Response, model: type[M] | None) -> M | None:
+        if model is None:
+            return None
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(part) for part in first["loc"]) or "body"
+            # A 2xx to a POST means the write was applied even though we cannot read the result.
+            advice = (
+                " The write was accepted: look the resource up by its idempotency key, do not resend it."
+                if where.startswith("POST")
+                else " The API may have changed or a proxy answered: report it with the request id."
+            )
+            raise self._error(
+                ProviderResponseError,
+                f"{where}: HTTP {response.status_code} with a body that is not a {model.__name__}"
+                f" ({exc.error_count()} problems, first at {loc}: {first['msg']};"
+                f" content-type {response.headers.get('content-type', 'none')!r}).{advice}",
+                status_code=response.status_code,
+                request_id=response.headers.get("x-request-id"),
+            ) from exc
+
+    def _rejection(self, where: str, response: httpx.Response) -> ProviderError:
+        status = response.status_code
+        error = _error_body(response)
+        detail = _describe(status, error)
+        kw: dict[str, object] = {"status_code": status, "request_id": error.request_id}
+        if status == 404:
+            return self._error(
+                ProviderNotFoundError,
+                f"{where}: {detail}; the resource does not exist (for an undo, it is already gone).",
+                **kw,
+            )
+        if status == 422 and "pending event" in (error.message or "").lower():
+            return self._error(
+                PendingEventError,
+                f"{where}: {detail}; another action is still running on the droplet: wait for it"
+                " to finish and try again.",
+                **kw,
+            )
+        if status in (401, 403):
+            advice = "check that the token for this purpose is valid and has the needed scope."
+        else:
+            advice = "the request is wrong as sent: sending it again unchanged will fail again."
+        return self._error(ProviderRejectedError, f"{where}: {detail}; {advice}", **kw)
+
+    def _error(self, cls: type[ProviderError], message: str, **kw: object) -> ProviderError:
+        # Belt and braces: nothing we build a message from should hold the token, but make sure.
+        secret = self._token.get_secret_value()
+        return cls(message.replace(secret, "[redacted]"), **kw)  # type: ignore[arg-type]
+
+
+def _id(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"a DigitalOcean id must be a positive integer, not {value!r}")
+    return value
+
+
+def _page_key(path: str, query: dict[str, str | int]) -> tuple[str, frozenset[tuple[str, str]]]:
+    merged = {"page": "1", **{key: str(value) for key, value in query.items()}}
+    return path, frozenset(merged.items())
+
+
+def _path_segment(value: str) -> str:
+    if not value:
+        raise InputError("a DigitalOcean id must not be empty")
+    return quote(str(value), safe="")
+
+
+def _error_body(response: httpx.Response) -> ErrorBody:
+    """DigitalOcean's error fields, or an empty ErrorBody for an HTML page or an empty body."""
+    try:
+        error = ErrorBody.model_validate_json(response.content)
+    except ValidationError:
+        error = ErrorBody()
+    if error.request_id is None and "x-request-id" in response.headers:
+        error = error.model_copy(update={"request_id": response.headers["x-request-id"]})
+    return error
+
+
+def _describe(status: int, error: ErrorBody) -> str:
+    text = f"HTTP {status}"
+    if error.id:
+        text += f" {error.id[:80]}"
+    if error.message:
+        text += f": {error.message[:300]}"
+    if error.request_id:
+        text += f" (request id {error.request_id[:80]})"
+    return text
+
+
+def _rate_limit_wait(headers: httpx.Headers) -> float | None:
+    """Seconds a 429 asks us to wait: ``retry-after`` (seconds or HTTP date), else ``ratelimit-reset``."""
+    retry_after = headers.get("retry-after")
+    if retry_after:
+        try:
+            return max(0.0, float(retry_after))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(retry_after).timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass
+    reset = headers.get("ratelimit-reset")
+    if reset:
+        try:
+            return max(0.0, float(reset) - time.time())
+        except ValueError:
+            pass
+    return None

@@ -1,0 +1,118 @@
+"""The ledger's database edge: which server, the engine, migrations, and error translation.
+
+``SAGAS_DATABASE_URL`` picks the server; unset, an embedded Postgres starts in the per-user data
+directory (see ``embedded.py``). The schema is migrated on first use, under an advisory lock so
+that two processes starting at once do not race. ``translate_db_errors`` is the one place where
+SQLAlchemy and psycopg exceptions become ``LedgerError``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from sagas.errors import ConfigurationError, LedgerError, LedgerUnavailableError
+from sagas.settings import Settings
+
+_MIGRATION_LOCK_KEY = 0x5A6A5  # pg_advisory_lock key held while migrating
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` or ``postgres://`` (optionally with a driver suffix) -> psycopg 3 URL."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigurationError("SAGAS_DATABASE_URL is not a valid URL") from exc
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise ConfigurationError("SAGAS_DATABASE_URL must be a postgresql:// URL")
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url is not None:
+        return normalise_url(settings.database_url.get_secret_value())
+    from sagas.ledger.embedded import embedded_server_url
+
+    return normalise_url(embedded_server_url(settings.home / "pgdata"))
+
+
+def engine_for(settings: Settings) -> Engine:
+    """One engine per URL per process, with the schema migrated to head."""
+    url = database_url(settings)
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_engine(
+                url,
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args={"connect_timeout": 10, "application_name": "arcadia-sagas"},
+            )
+            with translate_db_errors("connect to the ledger database"):
+                upgrade_schema(engine)
+            _engines[url] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def upgrade_schema(engine: Engine, revision: str = "head") -> str | None:
+    """Apply migrations up to ``revision``; returns the revision the database is at afterwards."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with engine.connect() as conn:
+        if MigrationContext.configure(conn).get_current_revision() == head and revision == "head":
+            return head
+    with engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextmanager
+def translate_db_errors(doing: str) -> Iterator[None]:
+    """Turn a database failure into a LedgerError that says what we were doing."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if exc.connection_invalidated or _is_connection_problem(exc):
+            raise LedgerUnavailableError(
+                f"could not {doing}: the ledger database is unreachable ({type(exc.orig).__name__});"
+                " check SAGAS_DATABASE_URL and that the server is up"
+            ) from exc
+        raise LedgerError(f"could not {doing}: {_first_line(exc.orig)}") from exc
+    except SQLAlchemyError as exc:
+        raise LedgerError(f"could not {doing}: {_first_line(exc)}") from exc
+
+
+def _is_connection_problem(exc: DBAPIError) -> bool:
+    import psycopg
+
+    return isinstance(exc.orig, psycopg.OperationalError)
+
+
+def _first_line(exc: object) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

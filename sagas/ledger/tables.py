@@ -1,0 +1,116 @@
+"""The ledger's tables, as SQLAlchemy Core.
+
+These mirror the migrations in ``migrations/versions``; a migration is the only thing that changes
+the live schema. Invariants live here as constraints (one row per (saga, step index), statuses from
+a closed set), not in check-then-write code.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+
+SAGA_STATUSES = (
+    "pending",
+    "running",
+    "compensating",
+    "completed",
+    "rolled_back",
+    "compensation_failed",
+    "failed",
+)
+STEP_STATUSES = (
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "compensating",
+    "compensated",
+    "compensation_failed",
+    "skipped",
+)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+metadata = MetaData()
+
+saga_runs = Table(
+    "saga_runs",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("step_names", ARRAY(Text), nullable=False),
+    Column("definition_version", Text, nullable=False),
+    Column("inputs", JSONB, nullable=False),
+    Column("context", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("deployment_id", Text),
+    Column("triggered_by", Text, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("flow_run_id", UUID(as_uuid=True)),
+    Column("error", Text),
+    # The one-runner rule: a lease with an owner, an expiry and a fencing epoch that grows on
+    # every claim, so a runner that lost its lease can never write again.
+    Column("lease_owner", UUID(as_uuid=True)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("lease_epoch", BigInteger, nullable=False, server_default=text("0")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    CheckConstraint(_in("status", SAGA_STATUSES), name="saga_runs_status_known"),
+)
+Index("saga_runs_created_idx", saga_runs.c.created_at.desc(), saga_runs.c.id)
+Index("saga_runs_status_created_idx", saga_runs.c.status, saga_runs.c.created_at.desc())
+Index("saga_runs_kind_created_idx", saga_runs.c.kind, saga_runs.c.created_at.desc())
+Index(
+    "saga_runs_deployment_created_idx",
+    saga_runs.c.deployment_id,
+    saga_runs.c.created_at.desc(),
+    postgresql_where=saga_runs.c.deployment_id.isnot(None),
+)
+Index(
+    "saga_runs_recoverable_idx",
+    saga_runs.c.lease_expires_at,
+    postgresql_where=text("status IN ('pending', 'running', 'compensating')"),
+)
+
+saga_step_results = Table(
+    "saga_step_results",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("saga_id", UUID(as_uuid=True), ForeignKey("saga_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("step_idx", Integer, nullable=False),
+    Column("step_name", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("idempotency_key", Text),
+    Column("output", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("compensation_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("started_at", DateTime(timezone=True)),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("compensation_started_at", DateTime(timezone=True)),
+    Column("compensated_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    UniqueConstraint("saga_id", "step_idx", name="saga_step_results_saga_step_key"),
+    CheckConstraint(_in("status", STEP_STATUSES), name="saga_step_results_status_known"),
+    CheckConstraint("step_idx >= 0", name="saga_step_results_idx_nonnegative"),
+)

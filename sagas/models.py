@@ -1,0 +1,113 @@
+"""Domain models that cross module seams: saga runs, step results, statuses, the lease."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SagaStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    ROLLED_BACK = "rolled_back"
+    COMPENSATION_FAILED = "compensation_failed"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED)
+
+    @property
+    def needs_operator(self) -> bool:
+        return self in (SagaStatus.COMPENSATION_FAILED, SagaStatus.FAILED)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+    SKIPPED = "skipped"
+
+
+class Reversibility(StrEnum):
+    """What undoing a step means (DESIGN "Words")."""
+
+    COMPENSATABLE = "compensatable"
+    PIVOT = "pivot"
+    RETRIABLE = "retriable"
+
+
+class NewSaga(BaseModel):
+    """A saga as a caller asks for it, already validated against the registry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    kind: str
+    step_names: tuple[str, ...]
+    definition_version: str
+    inputs: dict[str, Any]
+    deployment_id: str | None = None
+    triggered_by: str = "manual"
+
+
+class SagaRun(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    kind: str
+    step_names: tuple[str, ...]
+    definition_version: str
+    inputs: dict[str, Any]
+    context: dict[str, Any]
+    status: SagaStatus
+    deployment_id: str | None
+    triggered_by: str
+    cancel_requested: bool
+    flow_run_id: uuid.UUID | None
+    error: str | None
+    lease_owner: uuid.UUID | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class StepResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    saga_id: uuid.UUID
+    step_idx: int
+    step_name: str
+    status: StepStatus
+    idempotency_key: str | None
+    output: dict[str, Any]
+    error: str | None
+    attempts: int
+    compensation_attempts: int
+    started_at: datetime | None
+    completed_at: datetime | None
+    compensation_started_at: datetime | None
+    compensated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A runner's claim on one saga. ``epoch`` is the fencing token: every write checks it."""
+
+    saga_id: uuid.UUID
+    owner: uuid.UUID
+    epoch: int
+    seconds: float

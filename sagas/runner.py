@@ -1,0 +1,314 @@
+"""The saga runner: replay -> execute -> compensate in reverse, driven only by the ledger.
+
+Every entry point (a flow run, its failure/cancel hooks, ``sagas resume``, the recovery sweep)
+calls ``Runner.advance`` with the saga id, and the ledger alone decides what happens next: a
+completed step is replayed from its recorded output, an unfinished one runs again through its
+own check-then-act, a saga that is compensating goes on compensating. Running it twice is
+therefore safe: the second caller either finds the saga busy (the lease) or finds less to do.
+
+What this module must never do: run a step that is not in the catalog, write after its lease is
+lost (every ledger write is fenced), or hold a database transaction across a step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from sagas.errors import (
+    DefinitionMismatchError,
+    LeaseLostError,
+    LedgerError,
+    ProviderNotFoundError,
+    SagaCancelledError,
+    SagaError,
+    UnknownStepError,
+)
+from sagas.ledger.store import Ledger
+from sagas.models import Lease, SagaRun, SagaStatus, StepResult, StepStatus
+from sagas.services import Services
+from sagas.steps import Catalog, KeyScope, StepContext, StepDefinition
+
+_log = logging.getLogger("sagas.runner")
+T = TypeVar("T")
+
+
+class Phase(StrEnum):
+    EXECUTE = "execute"
+    COMPENSATE = "compensate"
+
+
+class Mode(StrEnum):
+    FORWARD = "forward"  # run steps; stop once the saga must compensate (a flow hook takes over)
+    ROLLBACK = "rollback"  # stop forward progress and compensate (failure/cancel hooks)
+    FULL = "full"  # whatever the ledger says is next, to the end (resume, recovery)
+
+
+Invoke = Callable[[StepDefinition, Phase, Callable[[StepContext], T], StepContext], T]
+
+
+def invoke_directly(
+    step: StepDefinition, phase: Phase, fn: Callable[[StepContext], T], ctx: StepContext
+) -> T:
+    return fn(ctx)
+
+
+def describe(exc: BaseException) -> str:
+    """An error's text for the ledger: type and message, bounded. Never a traceback with locals."""
+    text = str(exc) or type(exc).__name__
+    if not isinstance(exc, SagaError):
+        text = f"{type(exc).__name__}: {text}"
+    return text[:2000]
+
+
+class _Heartbeat:
+    """Renews the lease while a step waits on a slow provider; notices when it was lost."""
+
+    def __init__(self, ledger: Ledger, lease: Lease) -> None:
+        self._ledger = ledger
+        self._lease = lease
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{lease.saga_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        interval = max(self._lease.seconds / 3, 0.05)
+        while not self._stop.wait(interval):
+            try:
+                if not self._ledger.renew(self._lease):
+                    self.lost.set()
+                    return
+            except LedgerError as exc:  # a blip: the next beat tries again before expiry
+                _log.warning("could not renew the lease on saga %s: %s", self._lease.saga_id, exc)
+
+
+class Runner:
+    def __init__(
+        self,
+        ledger: Ledger,
+        catalog: Catalog,
+        services: Services,
+        invoke: Invoke[Any] = invoke_directly,
+    ) -> None:
+        self.ledger = ledger
+        self.catalog = catalog
+        self.services = services
+        self._invoke = invoke
+
+    # -- entry point -------------------------------------------------------------------------
+
+    def advance(self, saga_id: uuid.UUID, mode: Mode = Mode.FULL, *, reason: str | None = None) -> SagaRun:
+        """Claim the saga, do what its ledger says is next (within ``mode``), release it.
+
+        Raises SagaBusyError (writing nothing) when another runner holds it.
+        """
+        lease = self.ledger.claim(saga_id, self.services.settings.lease_seconds)
+        try:
+            with _Heartbeat(self.ledger, lease) as heartbeat:
+                self._advance(lease, mode, reason, heartbeat)
+        except LeaseLostError:
+            _log.error("lost the lease on saga %s; stopped without writing more", saga_id)
+            raise
+        except BaseException:
+            self._release_quietly(lease)
+            raise
+        self.ledger.release(lease)
+        return self.ledger.get_saga(saga_id)
+
+    def _release_quietly(self, lease: Lease) -> None:
+        """On the way out of an error: free the saga for recovery now rather than at lease expiry."""
+        try:
+            self.ledger.release(lease)
+        except LedgerError as exc:
+            _log.warning(
+                "could not release saga %s (it frees itself at lease expiry): %s", lease.saga_id, exc
+            )
+
+    def _advance(self, lease: Lease, mode: Mode, reason: str | None, heartbeat: _Heartbeat) -> None:
+        try:
+            saga = self.ledger.get_saga(lease.saga_id)
+            self._check_definition(saga)
+            status = saga.status
+            if status.is_terminal:
+                return
+            if status in (SagaStatus.PENDING, SagaStatus.RUNNING):
+                if mode is Mode.ROLLBACK:
+                    self.ledger.set_saga_status(
+                        lease, SagaStatus.COMPENSATING, error=reason or "rolled back on request"
+                    )
+                else:
+                    status = self._run_forward(lease, saga, heartbeat)
+                    if mode is Mode.FORWARD or status is SagaStatus.COMPLETED:
+                        return
+            elif status is SagaStatus.COMPENSATION_FAILED:
+                if mode is Mode.FORWARD:
+                    return
+                self.ledger.set_saga_status(lease, SagaStatus.COMPENSATING, keep_error=True)
+            elif status is SagaStatus.COMPENSATING and mode is Mode.FORWARD:
+                return
+            self._compensate(lease, self.ledger.get_saga(lease.saga_id), heartbeat)
+        finally:
+            if heartbeat.lost.is_set():
+                raise LeaseLostError(f"the lease on saga {lease.saga_id} was lost while it ran")
+
+    def _check_definition(self, saga: SagaRun) -> None:
+        """Rule 7: a saga runs the steps it was started with, or not at all."""
+        try:
+            kind = self.catalog.kind(saga.kind)
+            for name in saga.step_names:
+                self.catalog.step(name)
+        except (UnknownStepError, SagaError) as exc:
+            raise DefinitionMismatchError(
+                f"saga {saga.id} was started with a definition this code no longer has ({exc});"
+                " deploy the code it was started with, or resolve it by hand"
+            ) from exc
+        pinned = kind.steps is None or tuple(kind.steps) == saga.step_names
+        if saga.definition_version != kind.version or not pinned:
+            raise DefinitionMismatchError(
+                f"saga {saga.id} was started as {saga.kind} v{saga.definition_version}"
+                f" ({', '.join(saga.step_names)}) but this code defines v{kind.version}"
+                f" ({', '.join(kind.steps or saga.step_names)}): deploy the matching code to finish it"
+            )
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def _run_forward(self, lease: Lease, saga: SagaRun, heartbeat: _Heartbeat) -> SagaStatus:
+        self.ledger.set_saga_status(lease, SagaStatus.RUNNING)
+        rows = {r.step_idx: r for r in self.ledger.list_step_results(saga.id)}
+        outputs: dict[str, Mapping[str, Any]] = {}
+        for idx, name in enumerate(saga.step_names):
+            row = rows.get(idx)
+            if row is not None and row.status is StepStatus.COMPLETED:
+                outputs[name] = row.output  # resume, never redo
+                continue
+            if row is not None and row.status is StepStatus.FAILED:
+                # Died between recording the failure and starting the rollback: roll back now.
+                return self._begin_rollback(lease, row.error or f"step {name} failed")
+            if self.ledger.is_cancel_requested(saga.id):
+                return self._begin_rollback(lease, f"cancelled before step {name}")
+            step = self.catalog.step(name)
+            key = step.idempotency_key(self._key_scope(saga))
+            started = self.ledger.record_step_started(lease, idx, name, key)
+            ctx = self._context(lease, saga, idx, step, started, outputs)
+            try:
+                output = self._invoke(step, Phase.EXECUTE, step.execute, ctx)
+            except (LeaseLostError, LedgerError):
+                raise
+            except SagaCancelledError as exc:
+                self.ledger.record_step_failed(lease, idx, describe(exc))
+                return self._begin_rollback(lease, describe(exc))
+            except Exception as exc:
+                _log.warning("step %s of saga %s failed: %s", name, saga.id, describe(exc))
+                self.ledger.record_step_failed(lease, idx, describe(exc))
+                return self._begin_rollback(lease, f"step {name} failed: {describe(exc)}")
+            if heartbeat.lost.is_set():
+                raise LeaseLostError(f"the lease on saga {saga.id} was lost during {name}")
+            self.ledger.record_step_completed(lease, idx, name, dict(output or {}))
+            outputs[name] = {**ctx.recorded, **(output or {})}
+        self.ledger.set_saga_status(lease, SagaStatus.COMPLETED)
+        return SagaStatus.COMPLETED
+
+    def _begin_rollback(self, lease: Lease, error: str) -> SagaStatus:
+        self.ledger.set_saga_status(lease, SagaStatus.COMPENSATING, error=error)
+        return SagaStatus.COMPENSATING
+
+    # -- backward ----------------------------------------------------------------------------
+
+    def _compensate(self, lease: Lease, saga: SagaRun, heartbeat: _Heartbeat) -> None:
+        """Undo, in reverse, every step that completed and the one that failed or is in doubt."""
+        rows = {r.step_idx: r for r in self.ledger.list_step_results(saga.id)}
+        outputs = {r.step_name: r.output for r in rows.values()}
+        settings = self.services.settings
+        for idx in sorted(rows, reverse=True):
+            row = rows[idx]
+            if row.status in (StepStatus.PENDING, StepStatus.SKIPPED, StepStatus.COMPENSATED):
+                continue
+            step = self.catalog.step(row.step_name)
+            last_error = ""
+            for attempt in range(settings.compensation_attempts):
+                if attempt:
+                    self.services.sleep(min(settings.compensation_backoff_seconds * 2 ** (attempt - 1), 60))
+                self.ledger.record_step_compensating(lease, idx)
+                ctx = self._context(lease, saga, idx, step, row, outputs, cancellable=False)
+                try:
+                    self._invoke(step, Phase.COMPENSATE, step.compensate, ctx)
+                except ProviderNotFoundError:
+                    break  # already gone: the undo has succeeded (DESIGN rule 4)
+                except (LeaseLostError, LedgerError):
+                    raise
+                except Exception as exc:
+                    last_error = describe(exc)
+                    _log.warning(
+                        "compensation of %s (saga %s) failed, attempt %d/%d: %s",
+                        row.step_name,
+                        saga.id,
+                        attempt + 1,
+                        settings.compensation_attempts,
+                        last_error,
+                    )
+                    continue
+                break
+            else:
+                self.ledger.record_step_compensation_failed(lease, idx, last_error)
+                earlier = f"{saga.error}; then " if saga.error else ""
+                self.ledger.set_saga_status(
+                    lease,
+                    SagaStatus.COMPENSATION_FAILED,
+                    error=f"{earlier}compensation of {row.step_name} failed: {last_error}"[:4000],
+                )
+                return
+            if heartbeat.lost.is_set():
+                raise LeaseLostError(f"the lease on saga {saga.id} was lost compensating {row.step_name}")
+            # The step that failed keeps saying so once its undo ran (the seed's ledger reads
+            # "fail: failed"); compensated_at records that the undo happened.
+            final = StepStatus.FAILED if row.status is StepStatus.FAILED else StepStatus.COMPENSATED
+            self.ledger.record_step_compensated(lease, idx, final)
+        self.ledger.set_saga_status(lease, SagaStatus.ROLLED_BACK, keep_error=True)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _key_scope(self, saga: SagaRun) -> KeyScope:
+        return KeyScope(saga_id=saga.id, inputs=saga.inputs, prefix=self.services.settings.name_prefix)
+
+    def _context(
+        self,
+        lease: Lease,
+        saga: SagaRun,
+        idx: int,
+        step: StepDefinition,
+        row: StepResult,
+        outputs: Mapping[str, Mapping[str, Any]],
+        *,
+        cancellable: bool = True,
+    ) -> StepContext:
+        def record_progress(patch: Mapping[str, Any]) -> None:
+            self.ledger.record_step_progress(lease, idx, patch)
+
+        def cancel_requested() -> bool:
+            return cancellable and self.ledger.is_cancel_requested(saga.id)
+
+        return StepContext(
+            saga_id=saga.id,
+            step_idx=idx,
+            step_name=step.name,
+            idempotency_key=row.idempotency_key or step.idempotency_key(self._key_scope(saga)),
+            inputs=saga.inputs,
+            outputs=dict(outputs),
+            recorded=dict(row.output),
+            started_at=row.started_at,
+            services=self.services,
+            record_progress=record_progress,
+            cancel_requested=cancel_requested,
+        )

@@ -1,0 +1,50 @@
+"""What steps depend on, built once per runner: settings, provider clients, the clock.
+
+Clients are created lazily, one per token purpose, and closed with the services.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sagas.settings import Settings, TokenPurpose
+
+if TYPE_CHECKING:
+    from sagas.digitalocean.client import DigitalOceanClient
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
+    _clients: dict[TokenPurpose, DigitalOceanClient] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def digitalocean(self, purpose: TokenPurpose = TokenPurpose.PROVISIONING) -> DigitalOceanClient:
+        from sagas.digitalocean.client import DigitalOceanClient, RetryPolicy
+
+        with self._lock:
+            client = self._clients.get(purpose)
+            if client is None:
+                s = self.settings
+                retry = RetryPolicy(
+                    attempts=s.do_retry_attempts,
+                    base_delay=s.do_retry_base_seconds,
+                    max_delay=s.do_retry_max_seconds,
+                    deadline=s.do_retry_deadline_seconds,
+                    sleep=self.sleep,
+                )
+                client = DigitalOceanClient.from_settings(s, purpose, retry=retry)
+                self._clients[purpose] = client
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()

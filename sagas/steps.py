@@ -1,0 +1,180 @@
+"""The step contract and the catalog of saga kinds.
+
+A step is ``execute`` and ``compensate`` over a ``StepContext``, a deterministic idempotency key,
+and a declared reversibility. A kind is an ordered list of step names with a version. The
+catalog is the only way a name becomes code (DESIGN rule 8): input names a step, the catalog
+looks it up, nothing is ever imported from a string. Steps themselves live in ``tasks/``; the
+catalog that lists them is built there too, so this module stays free of Prefect.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sagas.errors import InputError, SagaCancelledError, UnknownKindError, UnknownStepError
+from sagas.models import NewSaga, Reversibility
+from sagas.services import Services
+
+
+@dataclass(frozen=True)
+class KeyScope:
+    """What an idempotency key may depend on: never the clock, never randomness."""
+
+    saga_id: uuid.UUID
+    inputs: Mapping[str, Any]
+    prefix: str
+
+    @property
+    def saga8(self) -> str:
+        return self.saga_id.hex[:8]
+
+
+@dataclass
+class StepContext:
+    """What a running step sees, and its two ways of talking back: checkpoints and cancel checks."""
+
+    saga_id: uuid.UUID
+    step_idx: int
+    step_name: str
+    idempotency_key: str
+    inputs: Mapping[str, Any]
+    outputs: Mapping[str, Mapping[str, Any]]
+    recorded: dict[str, Any]
+    started_at: datetime | None
+    services: Services
+    record_progress: Callable[[Mapping[str, Any]], None] = field(repr=False)
+    cancel_requested: Callable[[], bool] = field(repr=False)
+
+    def checkpoint(self, **fields: Any) -> None:
+        """Write what the step learned (an action id) to the ledger before it goes on."""
+        self.recorded.update(fields)
+        self.record_progress(fields)
+
+    def check_cancel(self) -> None:
+        """A safe point: raise SagaCancelledError if a cancel was requested."""
+        if self.cancel_requested():
+            raise SagaCancelledError(f"saga {self.saga_id} was cancelled during {self.step_name}")
+
+    def sleep(self, seconds: float) -> None:
+        self.check_cancel()
+        self.services.sleep(seconds)
+        self.check_cancel()
+
+
+class NoInputs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    name: str
+    execute: Callable[[StepContext], Mapping[str, Any] | None]
+    compensate: Callable[[StepContext], None]
+    idempotency_key: Callable[[KeyScope], str]
+    reversibility: Reversibility = Reversibility.COMPENSATABLE
+    inputs_model: type[BaseModel] | None = None
+    summary: str = ""
+    compensation_summary: str = ""
+
+
+@dataclass(frozen=True)
+class KindDefinition:
+    name: str
+    version: str
+    inputs_model: type[BaseModel]
+    steps: tuple[str, ...] | None  # None: the caller picks registered steps (the test kind)
+    summary: str = ""
+
+
+class Catalog:
+    """The registry of steps and kinds; lookups by name only."""
+
+    def __init__(self, steps: Iterable[StepDefinition], kinds: Iterable[KindDefinition]) -> None:
+        self._steps = {s.name: s for s in steps}
+        self._kinds = {k.name: k for k in kinds}
+        for kind in self._kinds.values():
+            for name in kind.steps or ():
+                self.step(name)
+
+    @property
+    def kind_names(self) -> list[str]:
+        return list(self._kinds)
+
+    @property
+    def step_names(self) -> list[str]:
+        return list(self._steps)
+
+    def kind(self, name: str) -> KindDefinition:
+        try:
+            return self._kinds[name]
+        except KeyError:
+            raise UnknownKindError(
+                f"unknown saga kind {name!r}: choose one of {', '.join(sorted(self._kinds))}"
+            ) from None
+
+    def step(self, name: str) -> StepDefinition:
+        try:
+            return self._steps[name]
+        except KeyError:
+            raise UnknownStepError(
+                f"unknown step {name!r}: registered steps are {', '.join(sorted(self._steps))}"
+            ) from None
+
+    def new_saga(
+        self,
+        kind_name: str,
+        inputs: Mapping[str, Any],
+        *,
+        steps: Iterable[str] | None = None,
+        saga_id: uuid.UUID | None = None,
+        triggered_by: str = "manual",
+        deployment_id: str | None = None,
+    ) -> NewSaga:
+        """Validate a request completely, before anything is written; raise InputError if bad."""
+        kind = self.kind(kind_name)
+        if kind.steps is None:
+            step_names = tuple(steps or ())
+            if not step_names:
+                raise InputError(f"the {kind.name} kind needs --steps, e.g. create_droplet_snapshot,fail")
+        else:
+            if steps is not None and tuple(steps) != kind.steps:
+                raise InputError(
+                    f"the {kind.name} kind runs {', '.join(kind.steps)}; --steps is only for the test kind"
+                )
+            step_names = kind.steps
+        if len(set(step_names)) != len(step_names):
+            raise InputError("a saga cannot run the same step twice: remove the duplicate step name")
+        definitions = [self.step(name) for name in step_names]
+        validated = _validate(kind.inputs_model, inputs, f"inputs for the {kind.name} kind")
+        for definition in definitions:
+            if definition.inputs_model is not None:
+                _validate(definition.inputs_model, validated, f"inputs for step {definition.name}")
+        if not triggered_by or len(triggered_by) > 200:
+            raise InputError("triggered_by must be 1-200 characters")
+        return NewSaga(
+            id=saga_id or uuid.uuid4(),
+            kind=kind.name,
+            step_names=step_names,
+            definition_version=kind.version,
+            inputs=validated,
+            deployment_id=deployment_id,
+            triggered_by=triggered_by,
+        )
+
+
+def _validate(model: type[BaseModel], inputs: Mapping[str, Any], what: str) -> dict[str, Any]:
+    if not isinstance(inputs, Mapping):
+        raise InputError(f"{what} must be a JSON object")
+    try:
+        return model.model_validate(dict(inputs)).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'inputs'}: {err['msg']}" for err in exc.errors()
+        )
+        raise InputError(f"bad {what}: {problems}") from None

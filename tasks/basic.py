@@ -1,0 +1,43 @@
+"""Steps with no provider behind them: ``fail``, for the test kind and smoke tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sagas.errors import StepFailedError
+from sagas.models import Reversibility
+from sagas.steps import KeyScope, StepContext, StepDefinition
+
+
+def fail(ctx: StepContext) -> Mapping[str, Any]:
+    raise StepFailedError(ctx.step_name, "the fail step always fails (it exists to test rollback)")
+
+
+def nothing_to_undo(ctx: StepContext) -> None:
+    """``fail`` changed nothing, so its undo has nothing to do."""
+
+
+FAIL = StepDefinition(
+    name="fail",
+    execute=fail,
+    compensate=nothing_to_undo,
+    idempotency_key=lambda scope: f"{scope.prefix}-fail-{scope.saga8}",
+    reversibility=Reversibility.COMPENSATABLE,
+    summary="always fails, to exercise compensation",
+    compensation_summary="nothing to undo",
+)
+
+
+def _noop_key(scope: KeyScope) -> str:
+    return f"{scope.prefix}-noop-{scope.saga8}"
+
+
+NOOP = StepDefinition(
+    name="noop",
+    execute=lambda ctx: {},
+    compensate=nothing_to_undo,
+    idempotency_key=_noop_key,
+    summary="does nothing (benchmarks and tests)",
+    compensation_summary="nothing to undo",
+)

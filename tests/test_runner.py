@@ -1,0 +1,287 @@
+"""The runner's rules (DESIGN 1, 2, 4, 5, 7, 8) on the real ledger, with steps that record calls."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import text
+
+from sagas.errors import (
+    DefinitionMismatchError,
+    LeaseLostError,
+    ProviderNotFoundError,
+    SagaBusyError,
+    UnknownStepError,
+)
+from sagas.ledger.store import Ledger
+from sagas.models import SagaStatus, StepStatus
+from sagas.runner import Mode, Runner
+from sagas.services import Services
+from sagas.settings import Settings
+from sagas.steps import Catalog, KindDefinition, StepContext, StepDefinition
+
+
+class AnyInputs(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Crash(BaseException):
+    """Stands for a process dying mid-step: not an Exception, so nothing handles it."""
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.fail_execute: set[str] = set()
+        self.crash_execute: set[str] = set()
+        self.fail_compensate: dict[str, int] = {}
+        self.not_found_compensate: set[str] = set()
+        self.during: dict[str, Any] = {}
+
+    def step(self, name: str) -> StepDefinition:
+        def execute(ctx: StepContext) -> Mapping[str, Any]:
+            self.calls.append(f"execute:{name}")
+            if name in self.during:
+                self.during[name](ctx)
+            if name in self.crash_execute:
+                self.crash_execute.discard(name)
+                raise Crash(name)
+            if name in self.fail_execute:
+                raise RuntimeError(f"{name} broke")
+            return {"made": f"{name}-{ctx.idempotency_key}"}
+
+        def compensate(ctx: StepContext) -> None:
+            self.calls.append(f"compensate:{name}")
+            if name in self.not_found_compensate:
+                raise ProviderNotFoundError("already gone", status_code=404)
+            left = self.fail_compensate.get(name, 0)
+            if left:
+                self.fail_compensate[name] = left - 1
+                raise RuntimeError(f"undo of {name} broke")
+
+        return StepDefinition(
+            name=name,
+            execute=execute,
+            compensate=compensate,
+            idempotency_key=lambda scope, name=name: f"{scope.prefix}-{name}-{scope.saga8}",
+        )
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+def make_catalog(recorder: Recorder, steps: tuple[str, ...] = ("a", "b", "c"), version: str = "1") -> Catalog:
+    return Catalog(
+        steps=[recorder.step(n) for n in ("a", "b", "c", "d")],
+        kinds=[KindDefinition(name="chain", version=version, inputs_model=AnyInputs, steps=steps)],
+    )
+
+
+def make_runner(ledger: Ledger, settings: Settings, catalog: Catalog) -> Runner:
+    return Runner(ledger, catalog, Services(settings, sleep=lambda s: None))
+
+
+def new_saga(ledger: Ledger, catalog: Catalog) -> uuid.UUID:
+    saga, _ = ledger.create_saga(catalog.new_saga("chain", {"x": 1}))
+    return saga.id
+
+
+def step_statuses(ledger: Ledger, saga_id: uuid.UUID) -> dict[str, str]:
+    return {s.step_name: s.status.value for s in ledger.list_step_results(saga_id)}
+
+
+def test_completes_and_records_outputs(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
+    catalog = make_catalog(recorder)
+    saga_id = new_saga(ledger, catalog)
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED
+    assert recorder.calls == ["execute:a", "execute:b", "execute:c"]
+    assert saga.context["b"] == {"made": f"b-arcadia-b-{saga_id.hex[:8]}"}
+    assert step_statuses(ledger, saga_id) == {"a": "completed", "b": "completed", "c": "completed"}
+    assert saga.lease_owner is None
+
+
+def test_failure_compensates_in_reverse_including_the_failed_step(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
+    recorder.fail_execute.add("c")
+    catalog = make_catalog(recorder)
+    saga_id = new_saga(ledger, catalog)
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
+    assert saga.status is SagaStatus.ROLLED_BACK
+    assert recorder.calls == [
+        "execute:a",
+        "execute:b",
+        "execute:c",
+        "compensate:c",
+        "compensate:b",
+        "compensate:a",
+    ]
+    # c's undo ran (compensated_at is set) and it still reads "failed", as in the seed's ledger.
+    assert step_statuses(ledger, saga_id) == {"a": "compensated", "b": "compensated", "c": "failed"}
+    assert {s.step_name: s.compensated_at is not None for s in ledger.list_step_results(saga_id)} == {
+        "a": True,
+        "b": True,
+        "c": True,
+    }
+    assert saga.error is not None and "c broke" in saga.error
+
+
+def test_forward_mode_stops_at_compensating_for_the_hook(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
+    recorder.fail_execute.add("b")
+    catalog = make_catalog(recorder)
+    saga_id = new_saga(ledger, catalog)
+    runner = make_runner(ledger, settings, catalog)
+    assert runner.advance(saga_id, Mode.FORWARD).status is SagaStatus.COMPENSATING
+    assert runner.advance(saga_id, Mode.ROLLBACK).status is SagaStatus.ROLLED_BACK
+    assert recorder.calls[-2:] == ["compensate:b", "compensate:a"]
+
+
+def test_resume_after_a_crash_never_redoes_completed_steps(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
+    recorder.crash_execute.add("b")
+    catalog = make_catalog(recorder)
+    saga_id = new_saga(ledger, catalog)
+    with pytest.raises(Crash):
+        make_runner(ledger, settings, catalog).advance(saga_id)
+    assert step_statuses(ledger, saga_id) == {"a": "completed", "b": "running"}
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED
+    assert recorder.calls == ["execute:a", "execute:b", "execute:b", "execute:c"]
+    attempts = {s.step_name: s.attempts for s in ledger.list_step_results(saga_id)}
+    assert attempts == {"a": 1, "b": 2, "c": 1}
+
+
+def test_second_runner_is_busy_and_writes_nothing(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
+    catalog = make_catalog(recorder)
+    saga_id = new_saga(ledger, catalog)
+    holder = ledger.claim(saga_id, 30)
+    before = (ledger.get_saga(saga_id), ledger.list_step_results(saga_id))
+    with pytest.raises(SagaBusyError, match="busy"):
+        make_runner(ledger, settings, catalog).advance(saga_id)
+    assert (ledger.get_saga(saga_id), ledger.list_step_results(saga_id)) == before
+    assert recorder.calls == []
+    ledger.release(holder)
+
+
+def test_concurrent_runners_one_runs_the_other_is_busy(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
+    catalog = make_catalog(recorder)
+    saga_id = new_saga(ledger, catalog)
+    gate = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def go() -> None:
+        gate.wait()
+        try:
+            outcomes.append(make_runner(ledger, settings, catalog).advance(saga_id).status.value)
+        except SagaBusyError:
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Every step ran exactly once, whoever got there.
+    assert sorted(recorder.calls) == ["execute:a", "execute:b", "execute:c"]
+    assert "completed" in outcomes and set(outcomes) <= {"completed", "busy"}
+    assert step_statuses(ledger, saga_id) == {"a": "completed", "b": "completed", "c": "completed"}
+
+
+def test_a_runner_that_lost_its_lease_stops_writing(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
+    catalog = make_catalog(recorder)
+    saga_id = new_saga(ledger, catalog)
+    engine = ledger._engine
+
+    def steal(ctx: StepContext) -> None:
+        # Another runner takes over while this one is inside step b (its lease "expired").
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE saga_runs SET lease_expires_at = now() - interval '1 second'"))
+        ledger.claim(saga_id, 30)
+
+    recorder.during["b"] = steal
+    with pytest.raises(LeaseLostError):
+        make_runner(ledger, settings, catalog).advance(saga_id)
+    # b's completion was never written, and nothing after it ran.
+    assert step_statuses(ledger, saga_id) == {"a": "completed", "b": "running"}
+    assert "execute:c" not in recorder.calls
+
+
+def test_compensation_that_keeps_failing_stops_in_compensation_failed_then_resumes(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
+    recorder.fail_execute.add("c")
+    recorder.fail_compensate["b"] = 99
+    catalog = make_catalog(recorder)
+    saga_id = new_saga(ledger, catalog)
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
+    assert saga.status is SagaStatus.COMPENSATION_FAILED
+    assert saga.error is not None and "compensation of b failed: RuntimeError: undo of b broke" in saga.error
+    assert "c broke" in saga.error  # the original failure is kept too
+    steps = {s.step_name: s for s in ledger.list_step_results(saga_id)}
+    assert steps["b"].status is StepStatus.COMPENSATION_FAILED
+    assert steps["b"].compensation_attempts == settings.compensation_attempts
+    assert steps["a"].status is StepStatus.COMPLETED  # not touched past the stuck undo
+
+    recorder.fail_compensate["b"] = 0  # the operator fixed the cause
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
+    assert saga.status is SagaStatus.ROLLED_BACK
+    assert step_statuses(ledger, saga_id) == {"a": "compensated", "b": "compensated", "c": "failed"}
+
+
+def test_not_found_during_compensation_is_success(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
+    recorder.fail_execute.add("b")
+    recorder.not_found_compensate.add("a")
+    catalog = make_catalog(recorder)
+    saga_id = new_saga(ledger, catalog)
+    assert make_runner(ledger, settings, catalog).advance(saga_id).status is SagaStatus.ROLLED_BACK
+    assert recorder.calls.count("compensate:a") == 1
+
+
+def test_cancel_between_steps_rolls_back(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
+    catalog = make_catalog(recorder)
+    saga_id = new_saga(ledger, catalog)
+    recorder.during["b"] = lambda ctx: ledger.request_cancel(saga_id)
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
+    assert saga.status is SagaStatus.ROLLED_BACK
+    assert "execute:c" not in recorder.calls
+    assert saga.error is not None and "cancelled before step c" in saga.error
+
+
+def test_definitions_are_pinned(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
+    saga_id = new_saga(ledger, make_catalog(recorder))
+    changed = make_catalog(recorder, steps=("a", "d", "c"), version="2")
+    with pytest.raises(DefinitionMismatchError, match="v1"):
+        make_runner(ledger, settings, changed).advance(saga_id)
+    assert recorder.calls == []
+    assert ledger.get_saga(saga_id).lease_owner is None  # released for whoever has the right code
+
+
+def test_only_registered_steps(recorder: Recorder) -> None:
+    catalog = make_catalog(recorder)
+    with pytest.raises(UnknownStepError, match="os.system"):
+        catalog.step("os.system")
+
+
+def test_idempotent_create_with_a_caller_id(ledger: Ledger, recorder: Recorder) -> None:
+    catalog = make_catalog(recorder)
+    new = catalog.new_saga("chain", {"x": 1})
+    first, created = ledger.create_saga(new)
+    again, created_again = ledger.create_saga(new)
+    assert (created, created_again) == (True, False)
+    assert first.id == again.id
+    assert len(ledger.list_sagas()) == 1

@@ -1,0 +1,238 @@
+"""The snapshot step against the simulator over loopback, run by the core runner on real Postgres."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from sagas.errors import SagaBusyError
+from sagas.ledger.store import Ledger
+from sagas.models import SagaStatus, StepResult
+from sagas.runner import Runner
+from sagas.services import Services
+from sagas.settings import Settings
+from tasks.registry import catalog
+from tests.conftest import REPO, live_snapshots, seed_droplet
+
+
+def runner(ledger: Ledger, settings: Settings) -> Runner:
+    return Runner(ledger, catalog(), Services(settings))
+
+
+def start(ledger: Ledger, kind: str, inputs: dict[str, Any], steps: list[str] | None = None) -> uuid.UUID:
+    saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs, steps=steps))
+    return saga.id
+
+
+def steps_of(ledger: Ledger, saga_id: uuid.UUID) -> dict[str, StepResult]:
+    return {s.step_name: s for s in ledger.list_step_results(saga_id)}
+
+
+def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def writes(sim: httpx.Client, name: str) -> int:
+    return int(sim.get("/_sim/state").json()["writes"].get(f"snapshot:{name}", 0))
+
+
+def test_snapshot_saga_completes_with_one_named_snapshot(sim: httpx.Client, ledger: Ledger, settings: Settings) -> None:
+    droplet = seed_droplet(sim)
+    saga_id = start(ledger, "snapshot", {"droplet_id": droplet})
+    saga = runner(ledger, settings).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED, saga.error
+    name = f"arcadia-snap-{droplet}-{saga_id.hex[:8]}"
+    [snapshot] = live_snapshots(sim)
+    assert snapshot["name"] == name
+    step = steps_of(ledger, saga_id)["create_droplet_snapshot"]
+    assert step.idempotency_key == name
+    assert str(step.output["snapshot_id"]) == str(snapshot["id"])
+    assert saga.context["create_droplet_snapshot"]["snapshot_name"] == name
+
+
+def test_seed_smoke_rolls_back_and_leaves_nothing(sim: httpx.Client, ledger: Ledger, settings: Settings) -> None:
+    droplet = seed_droplet(sim)
+    saga_id = start(ledger, "test", {"droplet_id": droplet}, ["create_droplet_snapshot", "fail"])
+    saga = runner(ledger, settings).advance(saga_id)
+    assert saga.status is SagaStatus.ROLLED_BACK
+    assert {n: s.status.value for n, s in steps_of(ledger, saga_id).items()} == {
+        "create_droplet_snapshot": "compensated",
+        "fail": "failed",
+    }
+    assert live_snapshots(sim) == []
+
+
+def test_listing_lag_and_deletion_linger_are_handled(sim: httpx.Client, ledger: Ledger, settings: Settings) -> None:
+    # 25 s of lag each way at time scale 0.02: half a second of wall time.
+    sim.post("/_sim/config", json={"snapshot_listing_lag_seconds": 25, "snapshot_delete_linger_seconds": 25})
+    droplet = seed_droplet(sim)
+    saga_id = start(ledger, "test", {"droplet_id": droplet}, ["create_droplet_snapshot", "fail"])
+    saga = runner(ledger, settings).advance(saga_id)
+    assert saga.status is SagaStatus.ROLLED_BACK, saga.error
+    step = steps_of(ledger, saga_id)["create_droplet_snapshot"]
+    assert step.output["snapshot_id"]  # found despite the lag
+    assert live_snapshots(sim) == []  # deleted, though the listing may still show it for a moment
+    listing = sim.get("/_sim/state").json()["snapshots"]
+    assert [s["deleted"] for s in listing] == [True]
+
+
+def test_lost_response_is_adopted_not_reposted(sim: httpx.Client, ledger: Ledger, settings: Settings) -> None:
+    droplet = seed_droplet(sim)
+    sim.post(
+        "/_sim/faults",
+        json={"rules": [{"method": "POST", "path": f"^/v2/droplets/{droplet}/actions$", "kind": "lose_response"}]},
+    ).raise_for_status()
+    saga_id = start(ledger, "snapshot", {"droplet_id": droplet})
+    saga = runner(ledger, settings).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED, saga.error
+    name = f"arcadia-snap-{droplet}-{saga_id.hex[:8]}"
+    assert writes(sim, name) == 1
+    assert [s["name"] for s in live_snapshots(sim)] == [name]
+    assert steps_of(ledger, saga_id)["create_droplet_snapshot"].output["adopted_action"] is True
+
+
+def _cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sagas.cli", *args],
+        cwd=REPO,
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigkill_between_post_and_ledger_write_then_resume_adopts(
+    sim: httpx.Client, ledger: Ledger, settings: Settings
+) -> None:
+    droplet = seed_droplet(sim)
+    # The POST is applied at once, but its response takes 30 s: the runner is killed in between.
+    sim.post(
+        "/_sim/faults",
+        json={
+            "rules": [
+                {"method": "POST", "path": f"^/v2/droplets/{droplet}/actions$", "kind": "slow_response", "seconds": 30}
+            ]
+        },
+    ).raise_for_status()
+    saga_id = start(ledger, "snapshot", {"droplet_id": droplet})
+    name = f"arcadia-snap-{droplet}-{saga_id.hex[:8]}"
+    proc = _cli("resume", str(saga_id))
+    try:
+        wait_for(lambda: writes(sim, name) == 1, what="the snapshot POST to be applied")
+        assert "action_id" not in steps_of(ledger, saga_id)["create_droplet_snapshot"].output
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    sim.delete("/_sim/faults")
+    with pytest.raises(SagaBusyError):  # the dead runner's lease has not expired yet
+        runner(ledger, settings).advance(saga_id)
+    wait_for(lambda: _lease_expired(ledger, saga_id), timeout=10, what="the lease to expire")
+    saga = runner(ledger, settings).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED, saga.error
+    assert writes(sim, name) == 1
+    assert [s["name"] for s in live_snapshots(sim)] == [name]
+
+
+def _lease_expired(ledger: Ledger, saga_id: uuid.UUID) -> bool:
+    try:
+        lease = ledger.claim(saga_id, 5)
+    except SagaBusyError:
+        return False
+    ledger.release(lease)
+    return True
+
+
+def test_killed_runner_is_finished_by_resume_after_the_lease(
+    sim: httpx.Client, ledger: Ledger, settings: Settings
+) -> None:
+    sim.post("/_sim/config", json={"action_seconds": 150})  # 3 s of wall time
+    droplet = seed_droplet(sim)
+    saga_id = start(ledger, "test", {"droplet_id": droplet}, ["create_droplet_snapshot", "noop"])
+    proc = _cli("resume", str(saga_id))
+    try:
+        wait_for(
+            lambda: "action_id" in steps_of(ledger, saga_id).get("create_droplet_snapshot", _NO_STEP).output,
+            what="the action id to be recorded",
+        )
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    wait_for(lambda: _lease_expired(ledger, saga_id), timeout=10, what="the lease to expire")
+    done = _cli("resume", str(saga_id))
+    stdout, stderr = done.communicate(timeout=60)
+    assert done.returncode == 0, stdout + stderr
+    assert "completed" in stdout
+    saga = ledger.get_saga(saga_id)
+    assert saga.status is SagaStatus.COMPLETED
+    name = f"arcadia-snap-{droplet}-{saga_id.hex[:8]}"
+    assert writes(sim, name) == 1
+    assert len(live_snapshots(sim)) == 1
+
+
+class _NoStep:
+    output: dict[str, Any] = {}
+
+
+_NO_STEP = _NoStep()
+
+
+def test_cancel_while_polling_rolls_back(sim: httpx.Client, ledger: Ledger, settings: Settings) -> None:
+    sim.post("/_sim/config", json={"action_seconds": 100})  # 2 s of wall time
+    droplet = seed_droplet(sim)
+    saga_id = start(ledger, "snapshot", {"droplet_id": droplet})
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(runner(ledger, settings).advance(saga_id)))
+    worker.start()
+    wait_for(
+        lambda: "action_id" in steps_of(ledger, saga_id).get("create_droplet_snapshot", _NO_STEP).output,
+        what="polling to start",
+    )
+    ledger.request_cancel(saga_id)
+    worker.join(60)
+    [saga] = result
+    assert saga.status is SagaStatus.ROLLED_BACK, saga.error
+    assert "cancelled" in (saga.error or "")
+    step = steps_of(ledger, saga_id)["create_droplet_snapshot"]
+    assert step.status.value == "compensated"
+    # The snapshot in flight when the cancel came was waited for and deleted: nothing left.
+    assert live_snapshots(sim) == []
+
+
+def test_compensation_failing_then_resume_finishes_rollback(
+    sim: httpx.Client, ledger: Ledger, settings: Settings
+) -> None:
+    droplet = seed_droplet(sim)
+    sim.post(
+        "/_sim/faults",
+        json={"rules": [{"method": "DELETE", "path": "^/v2/snapshots/", "kind": "error_500", "times": None}]},
+    ).raise_for_status()
+    saga_id = start(ledger, "test", {"droplet_id": droplet}, ["create_droplet_snapshot", "fail"])
+    saga = runner(ledger, settings).advance(saga_id)
+    assert saga.status is SagaStatus.COMPENSATION_FAILED
+    assert "compensation of create_droplet_snapshot failed" in (saga.error or "")
+    assert "500" in (saga.error or "")
+    step = steps_of(ledger, saga_id)["create_droplet_snapshot"]
+    assert step.status.value == "compensation_failed" and step.error
+    assert len(live_snapshots(sim)) == 1  # not dropped: still there, still in the ledger
+
+    sim.delete("/_sim/faults")
+    done = _cli("resume", str(saga_id))
+    stdout, stderr = done.communicate(timeout=60)
+    assert done.returncode == 1, stdout + stderr  # rolled back is not "completed"
+    assert ledger.get_saga(saga_id).status is SagaStatus.ROLLED_BACK
+    assert live_snapshots(sim) == []
