@@ -95,7 +95,8 @@ def _saga_of(flow_run: Any) -> SagaRun | None:
     app = build_app()
     saga = app.ledger.find_saga_by_flow_run(uuid.UUID(str(flow_run.id)))
     if saga is None:
-        raw = (flow_run.parameters or {}).get("saga_id")
+        params = (flow_run.parameters or {}).get("params") or {}
+        raw = params.get("saga_id") if isinstance(params, dict) else getattr(params, "saga_id", None)
         if raw:
             try:
                 saga = app.ledger.get_saga(uuid.UUID(str(raw)))

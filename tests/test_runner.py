@@ -162,7 +162,9 @@ def test_resume_after_a_crash_never_redoes_completed_steps(
     assert attempts == {"a": 1, "b": 2, "c": 1}
 
 
-def test_second_runner_is_busy_and_writes_nothing(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
+def test_second_runner_is_busy_and_writes_nothing(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
     catalog = make_catalog(recorder)
     saga_id = new_saga(ledger, catalog)
     holder = ledger.claim(saga_id, 30)
@@ -243,7 +245,9 @@ def test_compensation_that_keeps_failing_stops_in_compensation_failed_then_resum
     assert step_statuses(ledger, saga_id) == {"a": "compensated", "b": "compensated", "c": "failed"}
 
 
-def test_not_found_during_compensation_is_success(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
+def test_not_found_during_compensation_is_success(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
     recorder.fail_execute.add("b")
     recorder.not_found_compensate.add("a")
     catalog = make_catalog(recorder)
@@ -273,7 +277,7 @@ def test_definitions_are_pinned(ledger: Ledger, settings: Settings, recorder: Re
 
 def test_only_registered_steps(recorder: Recorder) -> None:
     catalog = make_catalog(recorder)
-    with pytest.raises(UnknownStepError, match="os.system"):
+    with pytest.raises(UnknownStepError, match=r"os\.system"):
         catalog.step("os.system")
 
 

@@ -1,0 +1,192 @@
+"""The CLI and the Prefect flows, end to end: real Prefect (the test harness), real Postgres, the simulator."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from sagas.cli import app
+from sagas.ledger.store import Ledger
+from tests.conftest import REPO, TOKEN, live_snapshots, seed_droplet
+
+cli = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect API (the test harness's server), shared by this module's flow runs."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+def run_cli(*args: str) -> Any:
+    return cli.invoke(app, list(args), catch_exceptions=False)
+
+
+def count_rows(ledger: Ledger) -> tuple[int, int]:
+    with ledger._engine.connect() as conn:
+        sagas = conn.execute(text("SELECT count(*) FROM saga_runs")).scalar_one()
+        steps = conn.execute(text("SELECT count(*) FROM saga_step_results")).scalar_one()
+    return sagas, steps
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "provisionn", "--inputs", "{}"], "unknown saga kind 'provisionn'"),
+        (
+            ["run", "test", "--steps", "create_droplet_snapshot,os.system", "--inputs", '{"droplet_id": 1}'],
+            "unknown step 'os.system'",
+        ),
+        (["run", "snapshot", "--inputs", '{"droplet_id": "abc"}'], "droplet_id"),
+        (["run", "snapshot", "--inputs", '{"droplet_id": -4}'], "droplet_id"),
+        (["run", "snapshot", "--inputs", '{"droplet_id": 1, "surprise": 2}'], "surprise"),
+        (["run", "snapshot", "--inputs", '{"droplet_id": 1'], "not valid JSON"),
+        (["run", "snapshot", "--inputs", "[1, 2]"], "JSON object"),
+        (["run", "snapshot", "--inputs", '{"droplet_id": 1}', "--saga-id", "not-a-uuid"], "not a saga id"),
+        (["show", "not-a-uuid"], "not a saga id"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_writes_nothing(ledger: Ledger, args: list[str], message: str) -> None:
+    result = run_cli(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert count_rows(ledger) == (0, 0)
+
+
+def test_unknown_saga_id_exits_4(ledger: Ledger) -> None:
+    for command in ("show", "resume", "cancel"):
+        result = run_cli(command, str(uuid.uuid4()))
+        assert result.exit_code == 4, result.output
+        assert "no saga with id" in result.output
+
+
+def test_seed_smoke_through_prefect(
+    prefect_api: str, sim: httpx.Client, ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    droplet = seed_droplet(sim)
+    result = run_cli(
+        "run",
+        "test",
+        "--steps",
+        "create_droplet_snapshot,fail",
+        "--inputs",
+        json.dumps({"droplet_id": droplet}),
+        "--json",
+    )
+    assert result.exit_code == 1, result.output
+    shown = json.loads(result.stdout[result.stdout.index("{") :])
+    assert shown["status"] == "rolled_back"
+    assert [(s["name"], s["status"]) for s in shown["steps"]] == [
+        ("create_droplet_snapshot", "compensated"),
+        ("fail", "failed"),
+    ]
+    assert live_snapshots(sim) == []
+    # Each step's execute and compensate ran as its own Prefect task run.
+    names = _task_run_names(shown["flow_run_id"])
+    assert {
+        "create_droplet_snapshot.execute[0]",
+        "fail.execute[1]",
+        "create_droplet_snapshot.compensate[0]",
+    } <= names
+
+    # The token reached neither the logs nor the ledger.
+    assert TOKEN not in caplog.text
+    assert TOKEN not in _ledger_dump(ledger)
+
+
+def test_snapshot_run_completes_and_list_show_agree(
+    prefect_api: str, sim: httpx.Client, ledger: Ledger
+) -> None:
+    droplet = seed_droplet(sim)
+    saga_id = str(uuid.uuid4())
+    result = run_cli("run", "snapshot", "--inputs", json.dumps({"droplet_id": droplet}), "--saga-id", saga_id)
+    assert result.exit_code == 0, result.output
+    assert saga_id in result.output and "completed" in result.output
+    assert len(live_snapshots(sim)) == 1
+
+    again = run_cli("run", "snapshot", "--inputs", json.dumps({"droplet_id": droplet}), "--saga-id", saga_id)
+    assert again.exit_code == 0, again.output  # the same id: the same saga, nothing redone
+    assert len(live_snapshots(sim)) == 1
+    assert count_rows(ledger) == (1, 1)
+
+    listed = json.loads(run_cli("list", "--kind", "snapshot", "--status", "completed", "--json").stdout)
+    assert [s["id"] for s in listed] == [saga_id]
+    shown = json.loads(run_cli("show", saga_id, "--json").stdout)
+    assert shown["status"] == "completed"
+    assert shown["steps"][0]["name"] == "create_droplet_snapshot"
+    assert shown["steps"][0]["status"] == "completed"
+    assert shown["steps"][0]["idempotency_key"] == f"arcadia-snap-{droplet}-{saga_id.replace('-', '')[:8]}"
+
+
+def test_two_cli_runners_on_one_saga_one_runs_one_is_busy(
+    prefect_api: str, sim: httpx.Client, ledger: Ledger
+) -> None:
+    sim.post("/_sim/config", json={"action_seconds": 250})  # 5 s: long enough for both to start
+    droplet = seed_droplet(sim)
+    saga_id = str(uuid.uuid4())
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    args = [
+        sys.executable,
+        "-m",
+        "sagas.cli",
+        "run",
+        "snapshot",
+        "--inputs",
+        json.dumps({"droplet_id": droplet}),
+    ]
+    procs = [
+        subprocess.Popen(
+            [*args, "--saga-id", saga_id],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [(p.wait(120), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in outcomes)
+    assert codes == [0, 3], outcomes
+    busy_output = next(out + err for code, out, err in outcomes if code == 3)
+    assert "busy" in busy_output
+    assert ledger.get_saga(uuid.UUID(saga_id)).status.value == "completed"
+    assert len(live_snapshots(sim)) == 1
+    assert count_rows(ledger) == (1, 1)
+
+
+def _task_run_names(flow_run_id: str) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)]))
+        )
+    return {r.name for r in runs}
+
+
+def _ledger_dump(ledger: Ledger) -> str:
+    with ledger._engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT row_to_json(s)::text FROM saga_runs s UNION ALL SELECT row_to_json(r)::text FROM saga_step_results r"
+            )
+        )
+        return "\n".join(r[0] for r in rows)
