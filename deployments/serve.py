@@ -15,10 +15,11 @@ from flows.testing import test_saga
 
 
 def main() -> None:
-    serve(
+    deployments = [
         snapshot.to_deployment(name="snapshot", tags=["arcadia-sagas"]),
         test_saga.to_deployment(name="test", tags=["arcadia-sagas"]),
-    )
+    ]
+    serve(*deployments)  # type: ignore[arg-type]  # sync context: to_deployment returns the object
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from sagas.errors import (
     ProviderNotFoundError,
     SagaCancelledError,
     SagaError,
+    StepFailedError,
     UnknownStepError,
 )
 from sagas.ledger.store import Ledger
@@ -212,7 +213,12 @@ class Runner:
             except Exception as exc:
                 _log.warning("step %s of saga %s failed: %s", name, saga.id, describe(exc))
                 self.ledger.record_step_failed(lease, idx, describe(exc))
-                return self._begin_rollback(lease, f"step {name} failed: {describe(exc)}")
+                reason = (
+                    describe(exc)
+                    if isinstance(exc, StepFailedError)
+                    else f"step {name} failed: {describe(exc)}"
+                )
+                return self._begin_rollback(lease, reason)
             if heartbeat.lost.is_set():
                 raise LeaseLostError(f"the lease on saga {saga.id} was lost during {name}")
             self.ledger.record_step_completed(lease, idx, name, dict(output or {}))

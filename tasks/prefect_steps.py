@@ -26,12 +26,12 @@ def invoke_as_task(step: StepDefinition, phase: Phase, fn: Callable[[StepContext
 
     run_step.__name__ = f"{step.name}_{phase.value}"
     as_task = task(
-        run_step,
         name=f"{step.name}.{phase.value}",
         task_run_name=f"{step.name}.{phase.value}[{ctx.step_idx}]",
         retries=0,
         cache_policy=NO_CACHE,
         persist_result=False,
         log_prints=False,
-    )
-    return as_task()
+    )(run_step)
+    result: T = as_task()
+    return result

