@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from sagas.context import Provisioning
 from sagas.errors import SagaBusyError, SagaError
 from sagas.ledger.database import engine_for
@@ -41,6 +43,24 @@ class App:
 def build_app(settings: Settings | None = None) -> App:
     settings = settings or load_settings()
     return App(settings=settings, ledger=Ledger(engine_for(settings)), catalog=catalog())
+
+
+class SagaRunFields(BaseModel):
+    """Parameters every saga flow takes besides the kind's own inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    saga_id: uuid.UUID | None = Field(
+        default=None, description="Give an id to make a double submission start one saga, not two."
+    )
+    triggered_by: str = Field(default="manual", min_length=1, max_length=200, description="Who asked.")
+    deployment_id: str | None = Field(
+        default=None, max_length=200, description="The customer deployment this saga works for."
+    )
+
+    def saga_inputs(self) -> dict[str, Any]:
+        """The kind's inputs: every field but the run fields (and ``steps``, for the test kind)."""
+        return self.model_dump(exclude={*SagaRunFields.model_fields, "steps"}, exclude_none=True, mode="json")
 
 
 class SagaDidNotComplete(SagaError):
