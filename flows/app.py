@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sagas.context import Provisioning
-from sagas.errors import SagaBusyError, SagaError
+from sagas.errors import InputError, SagaBusyError, SagaError
 from sagas.ledger.database import engine_for
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun, SagaStatus
@@ -82,13 +82,19 @@ def run_saga_flow(
     from tasks.prefect_steps import invoke_as_task
 
     app = build_app()
-    saga = app.provisioning().create_saga(
-        kind, inputs, steps=steps, saga_id=saga_id, triggered_by=triggered_by, deployment_id=deployment_id
-    )
-    if flow_run.id:
-        app.ledger.attach_flow_run(saga.id, uuid.UUID(flow_run.id))
-    with _closing(app.runner(invoke_as_task)) as runner:
-        result = runner.advance(saga.id, Mode.FORWARD)
+    run_id = str(flow_run.id or "")
+    try:
+        saga = app.provisioning().create_saga(
+            kind, inputs, steps=steps, saga_id=saga_id, triggered_by=triggered_by, deployment_id=deployment_id
+        )
+        if run_id:
+            app.ledger.attach_flow_run(saga.id, uuid.UUID(run_id))
+        with _closing(app.runner(invoke_as_task)) as runner:
+            result = runner.advance(saga.id, Mode.FORWARD)
+    except (InputError, SagaBusyError):
+        _rejected_here.add(run_id)  # this run drove nothing: its hooks must not touch the saga
+        raise
+    _ran_here[run_id] = saga.id
     if result.status is SagaStatus.COMPENSATING:
         raise SagaDidNotComplete(f"saga {saga.id} is rolling back: {result.error}")
     if result.status is not SagaStatus.COMPLETED:
@@ -111,18 +117,22 @@ class _closing:
         self.runner.services.close()
 
 
+# Flow runs of this process whose body claimed their saga: only they may roll it back from a hook.
+_ran_here: dict[str, uuid.UUID] = {}
+_rejected_here: set[str] = set()
+
+
 def _saga_of(flow_run: Any) -> SagaRun | None:
+    """The saga this flow run drove, or None: a run rejected as busy or for bad input owns nothing."""
+    if str(flow_run.id) in _rejected_here:
+        _rejected_here.discard(str(flow_run.id))
+        return None
     app = build_app()
-    saga = app.ledger.find_saga_by_flow_run(uuid.UUID(str(flow_run.id)))
-    if saga is None:
-        params = (flow_run.parameters or {}).get("params") or {}
-        raw = params.get("saga_id") if isinstance(params, dict) else getattr(params, "saga_id", None)
-        if raw:
-            try:
-                saga = app.ledger.get_saga(uuid.UUID(str(raw)))
-            except SagaError:
-                return None
-    return saga
+    claimed = _ran_here.pop(str(flow_run.id), None)
+    if claimed is not None:
+        return app.ledger.get_saga(claimed)
+    # Another process (a worker's cancellation handler) knows the run only from the ledger's link.
+    return app.ledger.find_saga_by_flow_run(uuid.UUID(str(flow_run.id)))
 
 
 def _roll_back(flow_run: Any, reason: str, *, cancel: bool) -> None:
@@ -130,7 +140,7 @@ def _roll_back(flow_run: Any, reason: str, *, cancel: bool) -> None:
 
     saga = _saga_of(flow_run)
     if saga is None:
-        _log.info("flow run %s has no saga (rejected before one was recorded)", flow_run.id)
+        _log.info("flow run %s drove no saga (rejected, or busy): nothing to roll back", flow_run.id)
         return
     app = build_app()
     if cancel:
@@ -139,7 +149,9 @@ def _roll_back(flow_run: Any, reason: str, *, cancel: bool) -> None:
         with _closing(app.runner(invoke_as_task)) as runner:
             final = runner.advance(saga.id, Mode.ROLLBACK, reason=reason)
     except SagaBusyError as exc:
-        _log.warning("not rolling back here: %s (its holder or the recovery sweep will)", exc)
+        _log.warning(
+            "not rolling back here: %s (its holder will, or `sagas resume` once its lease expires)", exc
+        )
         return
     _log.info("saga %s is %s", saga.id, final.status.value)
 

@@ -182,6 +182,8 @@ def cancel(saga_id: Annotated[str, typer.Argument(help="The saga to cancel.")]) 
         try:
             saga = runner.advance(target, Mode.ROLLBACK, reason="cancelled by request")
             out.print(f"saga {saga.id} cancelled: {saga.status.value}")
+            if saga.status is not SagaStatus.ROLLED_BACK:
+                raise typer.Exit(EXIT_NOT_COMPLETED)
         except SagaBusyError:
             out.print(f"cancel recorded for saga {saga.id}: its runner rolls it back at the next safe point")
         finally:

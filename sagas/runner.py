@@ -23,7 +23,6 @@ from sagas.errors import (
     DefinitionMismatchError,
     LeaseLostError,
     LedgerError,
-    ProviderNotFoundError,
     SagaCancelledError,
     SagaError,
     StepFailedError,
@@ -91,8 +90,8 @@ class _Heartbeat:
                 if not self._ledger.renew(self._lease):
                     self.lost.set()
                     return
-            except LedgerError as exc:  # a blip: the next beat tries again before expiry
-                _log.warning("could not renew the lease on saga %s: %s", self._lease.saga_id, exc)
+            except Exception as exc:  # a blip: the next beat tries again before expiry
+                _log.warning("could not renew the lease on saga %s: %s", self._lease.saga_id, describe(exc))
 
 
 class Runner:
@@ -140,7 +139,11 @@ class Runner:
     def _advance(self, lease: Lease, mode: Mode, reason: str | None, heartbeat: _Heartbeat) -> None:
         try:
             saga = self.ledger.get_saga(lease.saga_id)
-            self._check_definition(saga)
+            try:
+                self._check_definition(saga)
+            except DefinitionMismatchError as exc:
+                self.ledger.set_saga_status(lease, saga.status, error=str(exc))  # say so in the ledger
+                raise
             status = saga.status
             if status.is_terminal:
                 return
@@ -202,7 +205,7 @@ class Runner:
             step = self.catalog.step(name)
             key = step.idempotency_key(self._key_scope(saga))
             started = self.ledger.record_step_started(lease, idx, name, key)
-            ctx = self._context(lease, saga, idx, step, started, outputs)
+            ctx = self._context(lease, saga, idx, step, started, outputs, heartbeat)
             try:
                 output = self._invoke(step, Phase.EXECUTE, step.execute, ctx)
             except (LeaseLostError, LedgerError):
@@ -247,11 +250,11 @@ class Runner:
                 if attempt:
                     self.services.sleep(min(settings.compensation_backoff_seconds * 2 ** (attempt - 1), 60))
                 self.ledger.record_step_compensating(lease, idx)
-                ctx = self._context(lease, saga, idx, step, row, outputs, cancellable=False)
+                ctx = self._context(lease, saga, idx, step, row, outputs, heartbeat, cancellable=False)
                 try:
+                    # A 404 on the resource itself is success, and each step says so where it
+                    # knows which 404 that is; a 404 on anything else is a failed undo.
                     self._invoke(step, Phase.COMPENSATE, step.compensate, ctx)
-                except ProviderNotFoundError:
-                    break  # already gone: the undo has succeeded (DESIGN rule 4)
                 except (LeaseLostError, LedgerError):
                     raise
                 except Exception as exc:
@@ -296,6 +299,7 @@ class Runner:
         step: StepDefinition,
         row: StepResult,
         outputs: Mapping[str, Mapping[str, Any]],
+        heartbeat: _Heartbeat,
         *,
         cancellable: bool = True,
     ) -> StepContext:
@@ -303,6 +307,8 @@ class Runner:
             self.ledger.record_step_progress(lease, idx, patch)
 
         def cancel_requested() -> bool:
+            if heartbeat.lost.is_set():  # fencing reaches the provider too: stop at the next poll
+                raise LeaseLostError(f"the lease on saga {saga.id} was lost during {step.name}")
             return cancellable and self.ledger.is_cancel_requested(saga.id)
 
         return StepContext(

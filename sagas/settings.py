@@ -70,6 +70,15 @@ class Settings(BaseSettings):
             raise ValueError("SAGAS_DO_API_URL must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("do_token", "do_token_provisioning", "do_token_read")
+    @classmethod
+    def _token_is_one_word(cls, value: SecretStr | None) -> SecretStr | None:
+        # A token with a newline (a Secret pasted from a file) would make httpx echo the header
+        # value in its error, escaped past any redaction: refuse it here instead.
+        if value is not None and any(c.isspace() or not c.isprintable() for c in value.get_secret_value()):
+            raise ValueError("a DigitalOcean token must not contain spaces, newlines or control characters")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:

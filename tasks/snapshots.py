@@ -24,6 +24,7 @@ from sagas.errors import (
     ProviderActionError,
     ProviderError,
     ProviderNotFoundError,
+    ProviderRejectedError,
     ProviderResponseError,
 )
 from sagas.models import Reversibility
@@ -110,31 +111,54 @@ def _find_in_doubt_snapshot(ctx: StepContext, do: DigitalOceanClient, droplet_id
 
 
 def _post_snapshot(ctx: StepContext, do: DigitalOceanClient, droplet_id: int, name: str) -> int:
+    """POST the snapshot action; after any unanswered POST, look for it before posting again."""
     settings = ctx.services.settings
     backoff = Backoff(settings.poll_initial_seconds, settings.poll_max_seconds)
     deadline = ctx.services.monotonic() + settings.action_timeout_seconds
     unanswered = 0
     while True:
+        if unanswered:
+            # An earlier POST may have been applied late: adopt its action rather than post again.
+            adopted = _adopt_action(ctx, do, droplet_id)
+            if adopted is not None:
+                return adopted
+            if unanswered >= 3:
+                raise AmbiguousWriteError(
+                    f"3 snapshot POSTs for droplet {droplet_id} went unanswered and none shows up;"
+                    " the compensation looks again before it would delete anything"
+                )
         ctx.checkpoint(posting=True)
         try:
             action = do.create_droplet_snapshot(droplet_id, name)
         except PendingEventError:
-            # Another action runs on the droplet; nothing was applied. Wait and try again.
+            # Another action runs on the droplet (ours, if an earlier POST landed late: the loop's
+            # top finds it). Nothing was applied by this one. Wait and try again.
             if ctx.services.monotonic() > deadline:
+                _forget_post_unless_unanswered(ctx, unanswered)
                 raise
             ctx.sleep(backoff.next())
             continue
-        except (AmbiguousWriteError, ProviderResponseError):
-            # No answer, or one we could not read: never post blindly again: find out whether it happened.
+        except ProviderResponseError:
+            # A 2xx we could not read: the write happened. Adopt it; never post again.
             adopted = _adopt_action(ctx, do, droplet_id)
-            if adopted is not None:
-                return adopted
+            if adopted is None:
+                raise
+            return adopted
+        except AmbiguousWriteError:
             unanswered += 1
-            if unanswered >= 3 or do.find_droplet_snapshot_by_name(droplet_id, name) is not None:
-                raise  # in doubt; the compensation looks again before it would delete anything
-            ctx.sleep(backoff.next())  # provably not applied: nothing in flight, nothing named ours
+            ctx.sleep(backoff.next())
+            continue
+        except ProviderRejectedError:
+            _forget_post_unless_unanswered(ctx, unanswered)
+            raise
         ctx.checkpoint(action_id=action.id)
         return action.id
+
+
+def _forget_post_unless_unanswered(ctx: StepContext, unanswered: int) -> None:
+    """A definite refusal applied nothing: the undo need not hunt for an action that never was."""
+    if not unanswered:
+        ctx.checkpoint(posting=False)
 
 
 def _adopt_action(ctx: StepContext, do: DigitalOceanClient, droplet_id: int) -> int | None:

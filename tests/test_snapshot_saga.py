@@ -263,3 +263,23 @@ def test_compensation_failing_then_resume_finishes_rollback(
     assert done.returncode == 1, stdout + stderr  # rolled back is not "completed"
     assert ledger.get_saga(saga_id).status is SagaStatus.ROLLED_BACK
     assert live_snapshots(sim) == []
+
+
+def test_snapshot_already_gone_counts_as_undone(
+    sim: httpx.Client, ledger: Ledger, settings: Settings
+) -> None:
+    droplet = seed_droplet(sim)
+    sim.post(
+        "/_sim/faults",
+        json={"rules": [{"method": "DELETE", "path": "^/v2/snapshots/", "kind": "error_500", "times": None}]},
+    ).raise_for_status()
+    saga_id = start(ledger, "test", {"droplet_id": droplet}, ["create_droplet_snapshot", "fail"])
+    assert runner(ledger, settings).advance(saga_id).status is SagaStatus.COMPENSATION_FAILED
+    sim.delete("/_sim/faults")
+    [snapshot] = live_snapshots(sim)
+    token = os.environ["SAGAS_DO_TOKEN"]
+    gone = sim.delete(f"/v2/snapshots/{snapshot['id']}", headers={"Authorization": f"Bearer {token}"})
+    assert gone.status_code == 204  # an operator deleted it by hand
+    saga = runner(ledger, settings).advance(saga_id)
+    assert saga.status is SagaStatus.ROLLED_BACK  # the undo's DELETE got 404: done, not failed
+    assert live_snapshots(sim) == []

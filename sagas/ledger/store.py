@@ -19,7 +19,14 @@ from sqlalchemy import Connection, Engine, Row, func, literal, select, text, upd
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from sagas.errors import DefinitionMismatchError, InputError, LeaseLostError, SagaBusyError, SagaNotFoundError
+from sagas.errors import (
+    DefinitionMismatchError,
+    InputError,
+    LeaseLostError,
+    LedgerError,
+    SagaBusyError,
+    SagaNotFoundError,
+)
 from sagas.ledger.database import translate_db_errors
 from sagas.ledger.tables import saga_runs, saga_step_results
 from sagas.models import Lease, NewSaga, SagaRun, SagaStatus, StepResult, StepStatus
@@ -348,7 +355,7 @@ class Ledger:
                 .values(updated_at=func.now(), **values)
             ).rowcount
             if updated != 1:
-                raise LeaseLostError(f"step {idx} of saga {lease.saga_id} has no ledger row to update")
+                raise LedgerError(f"could not {doing}: step {idx} of saga {lease.saga_id} has no ledger row")
 
 
 def _json(value: Mapping[str, Any]) -> Any:
