@@ -11,6 +11,8 @@ never contains a token.
     │   └── UnknownStepError         a step name that is not in the registry
     ├── SagaNotFoundError            no saga with that id
     ├── SagaBusyError                another runner holds the saga's lease; nothing was written
+    ├── ResourceBusyError            another unfinished saga acts on the same resource
+    ├── IdempotencyConflictError     another saga already recorded this step's idempotency key
     ├── LeaseLostError               this runner lost its lease mid-run (fencing); it stopped writing
     ├── DefinitionMismatchError      the saga's pinned steps differ from the registry's (rule 7)
     ├── SagaCancelledError           a cancel request was seen at a safe point
@@ -65,6 +67,22 @@ class SagaBusyError(SagaError):
             else ""
         )
         super().__init__(f"saga {saga_id} is busy: another runner holds it{tail}")
+
+
+class ResourceBusyError(SagaError):
+    """Another unfinished saga holds the resource (one active saga per droplet)."""
+
+    def __init__(self, resource: str, holder: str) -> None:
+        self.resource = resource
+        self.holder = holder
+        super().__init__(
+            f"{resource} is held by saga {holder}, which is not finished: wait for it"
+            f" (`sagas show {holder}`), or retry with a wait"
+        )
+
+
+class IdempotencyConflictError(SagaError):
+    """Another saga already recorded this idempotency key; acting would touch its resource."""
 
 
 class LeaseLostError(SagaError):

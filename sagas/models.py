@@ -60,6 +60,7 @@ class NewSaga(BaseModel):
     inputs: dict[str, Any]
     deployment_id: str | None = None
     triggered_by: str = "manual"
+    resource: str | None = None
 
 
 class SagaRun(BaseModel):
@@ -73,6 +74,7 @@ class SagaRun(BaseModel):
     context: dict[str, Any]
     status: SagaStatus
     deployment_id: str | None
+    resource: str | None
     triggered_by: str
     cancel_requested: bool
     flow_run_id: uuid.UUID | None

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from sagas.errors import (
     DefinitionMismatchError,
+    IdempotencyConflictError,
     LeaseLostError,
     LedgerError,
     SagaCancelledError,
@@ -204,7 +205,10 @@ class Runner:
                 return self._begin_rollback(lease, f"cancelled before step {name}")
             step = self.catalog.step(name)
             key = step.idempotency_key(self._key_scope(saga))
-            started = self.ledger.record_step_started(lease, idx, name, key)
+            try:
+                started = self.ledger.record_step_started(lease, idx, name, key)
+            except IdempotencyConflictError as exc:
+                return self._begin_rollback(lease, describe(exc))
             ctx = self._context(lease, saga, idx, step, started, outputs, heartbeat)
             try:
                 output = self._invoke(step, Phase.EXECUTE, step.execute, ctx)

@@ -90,6 +90,8 @@ class KindDefinition:
     inputs_model: type[BaseModel]
     steps: tuple[str, ...] | None  # None: the caller picks registered steps (the test kind)
     summary: str = ""
+    # The resource a saga of this kind acts on ("droplet:123"): one unfinished saga per resource.
+    resource: Callable[[Mapping[str, Any]], str | None] = lambda inputs: None
 
 
 class Catalog:
@@ -165,7 +167,13 @@ class Catalog:
             inputs=validated,
             deployment_id=deployment_id,
             triggered_by=triggered_by,
+            resource=kind.resource(validated),
         )
+
+
+def droplet_resource(inputs: Mapping[str, Any]) -> str | None:
+    droplet_id = inputs.get("droplet_id")
+    return None if droplet_id is None else f"droplet:{droplet_id}"
 
 
 def _validate(model: type[BaseModel], inputs: Mapping[str, Any], what: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ FAIL = StepDefinition(
     name="fail",
     execute=fail,
     compensate=nothing_to_undo,
-    idempotency_key=lambda scope: f"{scope.prefix}-fail-{scope.saga8}",
+    idempotency_key=lambda scope: f"{scope.prefix}-fail-{scope.saga_id.hex}",
     reversibility=Reversibility.COMPENSATABLE,
     summary="always fails, to exercise compensation",
     compensation_summary="nothing to undo",
@@ -30,7 +30,7 @@ FAIL = StepDefinition(
 
 
 def _noop_key(scope: KeyScope) -> str:
-    return f"{scope.prefix}-noop-{scope.saga8}"
+    return f"{scope.prefix}-noop-{scope.saga_id.hex}"
 
 
 NOOP = StepDefinition(

@@ -16,7 +16,7 @@ from functools import cache
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sagas.steps import Catalog, KindDefinition
+from sagas.steps import Catalog, KindDefinition, droplet_resource
 from tasks.basic import FAIL, NOOP
 from tasks.snapshots import CREATE_DROPLET_SNAPSHOT, SnapshotInputs
 
@@ -45,6 +45,7 @@ def catalog() -> Catalog:
                 inputs_model=SnapshotKindInputs,
                 steps=("create_droplet_snapshot",),
                 summary="snapshot one droplet",
+                resource=droplet_resource,
             ),
             KindDefinition(
                 name="test",
@@ -52,6 +53,7 @@ def catalog() -> Catalog:
                 inputs_model=TestKindInputs,
                 steps=None,
                 summary="run registered steps chosen by the caller (smoke tests)",
+                resource=droplet_resource,
             ),
         ],
     )

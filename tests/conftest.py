@@ -116,7 +116,7 @@ def settings(env: dict[str, str]) -> Settings:
 def ledger(settings: Settings) -> Ledger:
     engine = engine_for(settings)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE saga_step_results, saga_runs"))
+        conn.execute(text("TRUNCATE saga_runs CASCADE"))
     return Ledger(engine)
 
 

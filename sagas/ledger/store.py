@@ -15,20 +15,22 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, func, literal, select, text, update
+from sqlalchemy import Connection, Engine, Row, delete, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from sagas.errors import (
     DefinitionMismatchError,
+    IdempotencyConflictError,
     InputError,
     LeaseLostError,
     LedgerError,
+    ResourceBusyError,
     SagaBusyError,
     SagaNotFoundError,
 )
 from sagas.ledger.database import translate_db_errors
-from sagas.ledger.tables import saga_runs, saga_step_results
+from sagas.ledger.tables import saga_resource_locks, saga_runs, saga_step_results
 from sagas.models import Lease, NewSaga, SagaRun, SagaStatus, StepResult, StepStatus
 
 _RECOVERABLE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
@@ -104,9 +106,11 @@ class Ledger:
     # -- writes outside a run ----------------------------------------------------------------
 
     def create_saga(self, new: NewSaga) -> tuple[SagaRun, bool]:
-        """Insert the saga, or return the existing one with that id (an idempotent start).
+        """Insert the saga (and its resource lock), or return the existing one with that id.
 
-        Returns ``(saga, created)``. Reusing an id for a *different* saga is an InputError.
+        Returns ``(saga, created)``. Reusing an id for a *different* saga is an InputError; a
+        resource held by another unfinished saga is a ResourceBusyError. Either way nothing is
+        written: the saga row and its lock go in one transaction.
         """
         statement = (
             pg_insert(saga_runs)
@@ -117,6 +121,7 @@ class Ledger:
                 definition_version=new.definition_version,
                 inputs=new.inputs,
                 deployment_id=new.deployment_id,
+                resource=new.resource,
                 triggered_by=new.triggered_by,
             )
             .on_conflict_do_nothing(index_elements=[saga_runs.c.id])
@@ -124,6 +129,20 @@ class Ledger:
         )
         with translate_db_errors("record a new saga"), self._engine.begin() as conn:
             row = conn.execute(statement).one_or_none()
+            if row is not None and new.resource is not None:
+                locked = conn.execute(
+                    pg_insert(saga_resource_locks)
+                    .values(resource=new.resource, saga_id=new.id)
+                    .on_conflict_do_nothing(index_elements=[saga_resource_locks.c.resource])
+                    .returning(saga_resource_locks.c.saga_id)
+                ).one_or_none()
+                if locked is None:
+                    holder = conn.execute(
+                        select(saga_resource_locks.c.saga_id).where(
+                            saga_resource_locks.c.resource == new.resource
+                        )
+                    ).scalar_one()
+                    raise ResourceBusyError(new.resource, str(holder))
         if row is not None:
             return _saga(row), True
         existing = self.get_saga(new.id)
@@ -133,6 +152,12 @@ class Ledger:
                 " use a new id, or omit it"
             )
         return existing, False
+
+    def resource_holder(self, resource: str) -> uuid.UUID | None:
+        query = select(saga_resource_locks.c.saga_id).where(saga_resource_locks.c.resource == resource)
+        with translate_db_errors("read a resource lock"), self._engine.connect() as conn:
+            holder: uuid.UUID | None = conn.execute(query).scalar_one_or_none()
+        return holder
 
     def request_cancel(self, saga_id: uuid.UUID) -> SagaRun:
         statement = (
@@ -246,6 +271,11 @@ class Ledger:
         values["finished_at"] = func.now() if status.is_terminal or status.needs_operator else None
         with self._fenced(lease, f"mark the saga {status.value}") as conn:
             conn.execute(update(saga_runs).where(saga_runs.c.id == lease.saga_id).values(**values))
+            if status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK):
+                # Finished cleanly: the resource is free. A saga that needs an operator keeps it.
+                conn.execute(
+                    delete(saga_resource_locks).where(saga_resource_locks.c.saga_id == lease.saga_id)
+                )
 
     def record_step_started(self, lease: Lease, idx: int, name: str, idempotency_key: str) -> StepResult:
         statement = (
@@ -272,7 +302,18 @@ class Ledger:
             )
             .returning(saga_step_results)
         )
+        conflict = (
+            select(saga_step_results.c.saga_id)
+            .where(saga_step_results.c.idempotency_key == idempotency_key)
+            .where(saga_step_results.c.saga_id != lease.saga_id)
+        )
         with self._fenced(lease, f"record step {name} started") as conn:
+            other = conn.execute(conflict).scalar_one_or_none()
+            if other is not None:
+                raise IdempotencyConflictError(
+                    f"step {name} would use the name {idempotency_key}, which saga {other} already"
+                    " recorded: nothing was done; start the saga again with a new id"
+                )
             row = conn.execute(statement).one_or_none()
         if row is None:
             # The row exists under another name or key: the definition changed under us (rule 7).

@@ -62,6 +62,7 @@ saga_runs = Table(
     Column("context", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("status", Text, nullable=False, server_default=text("'pending'")),
     Column("deployment_id", Text),
+    Column("resource", Text),  # what the saga holds (e.g. "droplet:123"); see saga_resource_locks
     Column("triggered_by", Text, nullable=False),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
     Column("flow_run_id", UUID(as_uuid=True)),
@@ -113,4 +114,20 @@ saga_step_results = Table(
     UniqueConstraint("saga_id", "step_idx", name="saga_step_results_saga_step_key"),
     CheckConstraint(_in("status", STEP_STATUSES), name="saga_step_results_status_known"),
     CheckConstraint("step_idx >= 0", name="saga_step_results_idx_nonnegative"),
+)
+
+# One active saga per resource: a row here while a saga that acts on the resource is unfinished.
+saga_resource_locks = Table(
+    "saga_resource_locks",
+    metadata,
+    Column("resource", Text, primary_key=True),
+    Column("saga_id", UUID(as_uuid=True), ForeignKey("saga_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+Index("saga_resource_locks_saga_idx", saga_resource_locks.c.saga_id)
+Index(
+    "saga_step_results_idempotency_key_uq",
+    saga_step_results.c.idempotency_key,
+    unique=True,
+    postgresql_where=saga_step_results.c.idempotency_key.isnot(None),
 )
