@@ -19,10 +19,12 @@ class SagaStatus(StrEnum):
     ROLLED_BACK = "rolled_back"
     COMPENSATION_FAILED = "compensation_failed"
     FAILED = "failed"
+    RESOLVED = "resolved"  # an operator finished it by hand (``sagas resolve``); who/when/why recorded
 
     @property
     def is_terminal(self) -> bool:
-        return self in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED)
+        """Finished for good. ``failed`` and ``compensation_failed`` are not: an operator resumes them."""
+        return self in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.RESOLVED)
 
     @property
     def needs_operator(self) -> bool:
@@ -85,6 +87,10 @@ class SagaRun(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # Set together by ``sagas resolve`` (a database CHECK keeps them together with the status).
+    resolved_by: str | None = None
+    resolved_at: datetime | None = None
+    resolution_note: str | None = None
 
 
 class StepResult(BaseModel):
@@ -103,6 +109,28 @@ class StepResult(BaseModel):
     completed_at: datetime | None
     compensation_started_at: datetime | None
     compensated_at: datetime | None
+
+
+class RecordedStep(BaseModel):
+    """A step result together with the status of its saga: who owns a resource, and how firmly."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: StepResult
+    saga_status: SagaStatus
+
+
+class OperatorAction(BaseModel):
+    """One thing an operator did outside a saga's own runner (resolve, delete an orphan), for audit."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    action: str
+    target: str
+    detail: dict[str, Any]
+    performed_by: str
+    performed_at: datetime
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from sagas.errors import (
     UnknownStepError,
 )
 from sagas.ledger.store import Ledger
-from sagas.models import Lease, SagaRun, SagaStatus, StepResult, StepStatus
+from sagas.models import Lease, Reversibility, SagaRun, SagaStatus, StepResult, StepStatus
 from sagas.services import Services
 from sagas.steps import Catalog, KeyScope, StepContext, StepDefinition
 
@@ -155,8 +155,14 @@ class Runner:
                     )
                 else:
                     status = self._run_forward(lease, saga, heartbeat)
-                    if mode is Mode.FORWARD or status is SagaStatus.COMPLETED:
+                    if mode is Mode.FORWARD or status is not SagaStatus.COMPENSATING:
                         return
+            elif status is SagaStatus.FAILED:
+                # Past its pivot and stuck: an operator fixed the cause; retry forward.
+                if mode is not Mode.FULL:
+                    return
+                self._run_forward(lease, saga, heartbeat)
+                return
             elif status is SagaStatus.COMPENSATION_FAILED:
                 if mode is Mode.FORWARD:
                     return
@@ -190,48 +196,72 @@ class Runner:
     # -- forward -----------------------------------------------------------------------------
 
     def _run_forward(self, lease: Lease, saga: SagaRun, heartbeat: _Heartbeat) -> SagaStatus:
-        self.ledger.set_saga_status(lease, SagaStatus.RUNNING)
+        self.ledger.set_saga_status(lease, SagaStatus.RUNNING, keep_error=True)
         rows = {r.step_idx: r for r in self.ledger.list_step_results(saga.id)}
         outputs: dict[str, Mapping[str, Any]] = {}
+        past_pivot = False  # once a pivot completed there is no way back: failures retry forward
         for idx, name in enumerate(saga.step_names):
+            step = self.catalog.step(name)
             row = rows.get(idx)
             if row is not None and row.status is StepStatus.COMPLETED:
                 outputs[name] = row.output  # resume, never redo
+                past_pivot |= step.reversibility_for(saga.inputs) is Reversibility.PIVOT
                 continue
-            if row is not None and row.status is StepStatus.FAILED:
+            if row is not None and row.status is StepStatus.FAILED and not past_pivot:
                 # Died between recording the failure and starting the rollback: roll back now.
                 return self._begin_rollback(lease, row.error or f"step {name} failed")
-            if self.ledger.is_cancel_requested(saga.id):
+            if not past_pivot and self.ledger.is_cancel_requested(saga.id):
                 return self._begin_rollback(lease, f"cancelled before step {name}")
-            step = self.catalog.step(name)
             key = step.idempotency_key(self._key_scope(saga))
-            try:
-                started = self.ledger.record_step_started(lease, idx, name, key)
-            except IdempotencyConflictError as exc:
-                return self._begin_rollback(lease, describe(exc))
-            ctx = self._context(lease, saga, idx, step, started, outputs, heartbeat)
-            try:
-                output = self._invoke(step, Phase.EXECUTE, step.execute, ctx)
-            except (LeaseLostError, LedgerError):
-                raise
-            except SagaCancelledError as exc:
-                self.ledger.record_step_failed(lease, idx, describe(exc))
-                return self._begin_rollback(lease, describe(exc))
-            except Exception as exc:
-                _log.warning("step %s of saga %s failed: %s", name, saga.id, describe(exc))
-                self.ledger.record_step_failed(lease, idx, describe(exc))
-                reason = (
-                    describe(exc)
-                    if isinstance(exc, StepFailedError)
-                    else f"step {name} failed: {describe(exc)}"
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    started = self.ledger.record_step_started(lease, idx, name, key)
+                except IdempotencyConflictError as exc:
+                    if past_pivot:
+                        return self._fail_forward(lease, name, describe(exc))
+                    return self._begin_rollback(lease, describe(exc))
+                ctx = self._context(
+                    lease, saga, idx, step, started, outputs, heartbeat, cancellable=not past_pivot
                 )
-                return self._begin_rollback(lease, reason)
+                try:
+                    output = self._invoke(step, Phase.EXECUTE, step.execute, ctx)
+                except (LeaseLostError, LedgerError):
+                    raise
+                except Exception as exc:
+                    error = describe(exc)
+                    _log.warning("step %s of saga %s failed (attempt %d): %s", name, saga.id, attempt, error)
+                    self.ledger.record_step_failed(lease, idx, error)
+                    if past_pivot:
+                        if attempt < self.services.settings.forward_attempts:
+                            self.services.sleep(self._forward_backoff(attempt))
+                            continue
+                        return self._fail_forward(lease, name, error)
+                    if not isinstance(exc, StepFailedError | SagaCancelledError):
+                        error = f"step {name} failed: {error}"
+                    return self._begin_rollback(lease, error)
+                break
             if heartbeat.lost.is_set():
                 raise LeaseLostError(f"the lease on saga {saga.id} was lost during {name}")
             self.ledger.record_step_completed(lease, idx, name, dict(output or {}))
             outputs[name] = {**ctx.recorded, **(output or {})}
+            past_pivot |= step.reversibility_for(saga.inputs) is Reversibility.PIVOT
         self.ledger.set_saga_status(lease, SagaStatus.COMPLETED)
         return SagaStatus.COMPLETED
+
+    def _forward_backoff(self, attempt: int) -> float:
+        settings = self.services.settings
+        return float(min(settings.compensation_backoff_seconds * 2 ** (attempt - 1), 60.0))
+
+    def _fail_forward(self, lease: Lease, name: str, error: str) -> SagaStatus:
+        """Past the pivot, retries ran out: stop in ``failed`` for an operator (`sagas resume`)."""
+        self.ledger.set_saga_status(
+            lease,
+            SagaStatus.FAILED,
+            error=f"step {name} failed after the point of no return (retried forward): {error}",
+        )
+        return SagaStatus.FAILED
 
     def _begin_rollback(self, lease: Lease, error: str) -> SagaStatus:
         self.ledger.set_saga_status(lease, SagaStatus.COMPENSATING, error=error)

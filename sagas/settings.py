@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     action_timeout_seconds: float = Field(default=1800.0, gt=0)
     snapshot_listing_timeout_seconds: float = Field(default=120.0, gt=0)
     compensation_attempts: int = Field(default=5, ge=1)
+    forward_attempts: int = Field(default=5, ge=1, description="Tries of a step after the pivot.")
     compensation_backoff_seconds: float = Field(default=2.0, ge=0)
 
     @field_validator("do_api_url")

@@ -77,10 +77,16 @@ class StepDefinition:
     execute: Callable[[StepContext], Mapping[str, Any] | None]
     compensate: Callable[[StepContext], None]
     idempotency_key: Callable[[KeyScope], str]
-    reversibility: Reversibility = Reversibility.COMPENSATABLE
+    # Fixed, or decided by the inputs (a disk resize cannot be undone; a CPU/RAM resize can).
+    reversibility: Reversibility | Callable[[Mapping[str, Any]], Reversibility] = Reversibility.COMPENSATABLE
     inputs_model: type[BaseModel] | None = None
     summary: str = ""
     compensation_summary: str = ""
+
+    def reversibility_for(self, inputs: Mapping[str, Any]) -> Reversibility:
+        if isinstance(self.reversibility, Reversibility):
+            return self.reversibility
+        return self.reversibility(inputs)
 
 
 @dataclass(frozen=True)

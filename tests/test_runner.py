@@ -19,7 +19,7 @@ from sagas.errors import (
     UnknownStepError,
 )
 from sagas.ledger.store import Ledger
-from sagas.models import SagaStatus, StepStatus
+from sagas.models import Reversibility, SagaStatus, StepStatus
 from sagas.runner import Mode, Runner
 from sagas.services import Services
 from sagas.settings import Settings
@@ -38,12 +38,13 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.fail_execute: set[str] = set()
+        self.fail_execute_times: dict[str, int] = {}
         self.crash_execute: set[str] = set()
         self.fail_compensate: dict[str, int] = {}
         self.not_found_compensate: set[str] = set()
         self.during: dict[str, Any] = {}
 
-    def step(self, name: str) -> StepDefinition:
+    def step(self, name: str, reversibility: Reversibility = Reversibility.COMPENSATABLE) -> StepDefinition:
         def execute(ctx: StepContext) -> Mapping[str, Any]:
             self.calls.append(f"execute:{name}")
             if name in self.during:
@@ -53,6 +54,9 @@ class Recorder:
                 raise Crash(name)
             if name in self.fail_execute:
                 raise RuntimeError(f"{name} broke")
+            if self.fail_execute_times.get(name, 0) > 0:
+                self.fail_execute_times[name] -= 1
+                raise RuntimeError(f"{name} broke for now")
             return {"made": f"{name}-{ctx.idempotency_key}"}
 
         def compensate(ctx: StepContext) -> None:
@@ -68,7 +72,8 @@ class Recorder:
             name=name,
             execute=execute,
             compensate=compensate,
-            idempotency_key=lambda scope, name=name: f"{scope.prefix}-{name}-{scope.saga8}",
+            idempotency_key=lambda scope, name=name: f"{scope.prefix}-{name}-{scope.saga_id.hex}",
+            reversibility=reversibility,
         )
 
 
@@ -79,8 +84,11 @@ def recorder() -> Recorder:
 
 def make_catalog(recorder: Recorder, steps: tuple[str, ...] = ("a", "b", "c"), version: str = "1") -> Catalog:
     return Catalog(
-        steps=[recorder.step(n) for n in ("a", "b", "c", "d")],
-        kinds=[KindDefinition(name="chain", version=version, inputs_model=AnyInputs, steps=steps)],
+        steps=[*(recorder.step(n) for n in ("a", "b", "c", "d")), recorder.step("p", Reversibility.PIVOT)],
+        kinds=[
+            KindDefinition(name="chain", version=version, inputs_model=AnyInputs, steps=steps),
+            KindDefinition(name="pivoting", version="1", inputs_model=AnyInputs, steps=("a", "p", "c")),
+        ],
     )
 
 
@@ -103,7 +111,7 @@ def test_completes_and_records_outputs(ledger: Ledger, settings: Settings, recor
     saga = make_runner(ledger, settings, catalog).advance(saga_id)
     assert saga.status is SagaStatus.COMPLETED
     assert recorder.calls == ["execute:a", "execute:b", "execute:c"]
-    assert saga.context["b"] == {"made": f"b-arcadia-b-{saga_id.hex[:8]}"}
+    assert saga.context["b"] == {"made": f"b-arcadia-b-{saga_id.hex}"}
     assert step_statuses(ledger, saga_id) == {"a": "completed", "b": "completed", "c": "completed"}
     assert saga.lease_owner is None
 
@@ -291,3 +299,58 @@ def test_idempotent_create_with_a_caller_id(ledger: Ledger, recorder: Recorder) 
     assert (created, created_again) == (True, False)
     assert first.id == again.id
     assert len(ledger.list_sagas()) == 1
+
+
+def _pivoting(ledger: Ledger, catalog: Catalog) -> uuid.UUID:
+    saga, _ = ledger.create_saga(catalog.new_saga("pivoting", {"x": 1}))
+    return saga.id
+
+
+def test_after_the_pivot_a_failure_is_retried_forward(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
+    recorder.fail_execute_times["c"] = 2
+    catalog = make_catalog(recorder)
+    saga_id = _pivoting(ledger, catalog)
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED, saga.error
+    assert recorder.calls == ["execute:a", "execute:p", "execute:c", "execute:c", "execute:c"]
+    assert not any(c.startswith("compensate") for c in recorder.calls)
+
+
+def test_after_the_pivot_retries_end_in_failed_then_resume_finishes(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
+    recorder.fail_execute_times["c"] = 99
+    catalog = make_catalog(recorder)
+    saga_id = _pivoting(ledger, catalog)
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
+    assert saga.status is SagaStatus.FAILED
+    assert saga.error is not None and "point of no return" in saga.error
+    assert recorder.calls.count("execute:c") == settings.forward_attempts
+    assert not any(c.startswith("compensate") for c in recorder.calls)
+
+    recorder.fail_execute_times["c"] = 0  # the operator fixed it
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED
+    assert recorder.calls.count("execute:p") == 1  # the pivot is never redone
+
+
+def test_a_failing_pivot_rolls_back(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
+    recorder.fail_execute.add("p")
+    catalog = make_catalog(recorder)
+    saga_id = _pivoting(ledger, catalog)
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
+    assert saga.status is SagaStatus.ROLLED_BACK
+    assert recorder.calls[-2:] == ["compensate:p", "compensate:a"]
+
+
+def test_cancel_after_the_pivot_is_not_a_rollback(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
+    catalog = make_catalog(recorder)
+    saga_id = _pivoting(ledger, catalog)
+    recorder.during["p"] = lambda ctx: ledger.request_cancel(saga_id)
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED
+    assert recorder.calls == ["execute:a", "execute:p", "execute:c"]
