@@ -149,6 +149,11 @@ class Runner:
             if status.is_terminal:
                 return
             if status in (SagaStatus.PENDING, SagaStatus.RUNNING):
+                if mode is Mode.ROLLBACK and self._past_pivot(saga):
+                    # No way back past a pivot: a hook or a cancel can only let it finish forward.
+                    _log.warning("saga %s is past its point of no return: finishing it forward", saga.id)
+                    self._run_forward(lease, saga, heartbeat)
+                    return
                 if mode is Mode.ROLLBACK:
                     self.ledger.set_saga_status(
                         lease, SagaStatus.COMPENSATING, error=reason or "rolled back on request"
@@ -173,6 +178,13 @@ class Runner:
         finally:
             if heartbeat.lost.is_set():
                 raise LeaseLostError(f"the lease on saga {lease.saga_id} was lost while it ran")
+
+    def _past_pivot(self, saga: SagaRun) -> bool:
+        return any(
+            row.status is StepStatus.COMPLETED
+            and self.catalog.step(row.step_name).reversibility_for(saga.inputs) is Reversibility.PIVOT
+            for row in self.ledger.list_step_results(saga.id)
+        )
 
     def _check_definition(self, saga: SagaRun) -> None:
         """Rule 7: a saga runs the steps it was started with, or not at all."""

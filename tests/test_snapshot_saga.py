@@ -124,7 +124,7 @@ def test_lost_response_is_adopted_not_reposted(sim: httpx.Client, ledger: Ledger
     name = f"arcadia-snap-{droplet}-{saga_id.hex[:8]}"
     assert writes(sim, name) == 1
     assert [s["name"] for s in live_snapshots(sim)] == [name]
-    assert steps_of(ledger, saga_id)["create_droplet_snapshot"].output["adopted_action"] is True
+    assert steps_of(ledger, saga_id)["create_droplet_snapshot"].output["action_adopted"] is True
 
 
 def _cli(*args: str) -> subprocess.Popen[str]:

@@ -1,0 +1,132 @@
+"""Droplet actions, performed once: post, record the action id at once, poll to the end.
+
+Every droplet action a step takes goes through ``perform_droplet_action``. It checkpoints
+``<slot>_posting`` before the POST and ``<slot>_action_id`` right after, so a runner that dies
+anywhere resumes by polling the same action. After a POST whose outcome is unknown (no response,
+an unreadable 2xx) it looks for the action among the droplet's recent ones before it would ever
+post again; a 422 "pending event" (another action runs) is waited out, not failed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sagas.digitalocean.client import DigitalOceanClient
+from sagas.digitalocean.models import Action, DropletActionRequest
+from sagas.errors import (
+    AmbiguousWriteError,
+    PendingEventError,
+    ProviderActionError,
+    ProviderRejectedError,
+    ProviderResponseError,
+)
+from sagas.steps import StepContext
+from tasks.waiting import Backoff, wait_until
+
+# How far before our step's start a provider action may have started and still be ours:
+# the clocks of the ledger and of the provider differ a little.
+CLOCK_SKEW = timedelta(seconds=30)
+MAX_UNANSWERED_POSTS = 3
+
+
+def perform_droplet_action(
+    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, request: Any, *, slot: str = "action"
+) -> Action:
+    """Run one droplet action to completion, exactly once; raise if it ends ``errored``."""
+    action_id = start_droplet_action(ctx, do, droplet_id, request, slot=slot)
+    action = wait_for_action(ctx, do, action_id)
+    if action.status == "errored":
+        raise ProviderActionError(f"{request.type} action {action_id} on droplet {droplet_id} errored")
+    return action
+
+
+def start_droplet_action(
+    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, request: Any, *, slot: str = "action"
+) -> int:
+    """The id of our action: recorded, adopted after an unanswered POST, or freshly posted."""
+    recorded: int | None = ctx.recorded.get(f"{slot}_id")
+    if recorded is not None:
+        return recorded
+    unanswered = 1 if ctx.recorded.get(f"{slot}_posting") else 0
+    settings = ctx.services.settings
+    backoff = Backoff(settings.poll_initial_seconds, settings.poll_max_seconds)
+    deadline = ctx.services.monotonic() + settings.action_timeout_seconds
+    while True:
+        if unanswered:
+            # An earlier POST may have landed late: adopt its action rather than post again.
+            adopted = adopt_action(ctx, do, droplet_id, request.type, slot=slot)
+            if adopted is not None:
+                return adopted
+            if unanswered > MAX_UNANSWERED_POSTS:
+                raise AmbiguousWriteError(
+                    f"{MAX_UNANSWERED_POSTS} {request.type} POSTs for droplet {droplet_id} went unanswered"
+                    " and none shows up among its actions"
+                )
+        ctx.checkpoint(**{f"{slot}_posting": True})
+        try:
+            action = do.post_droplet_action(droplet_id, request)
+        except PendingEventError:
+            # Another action runs on the droplet (ours, if an earlier POST landed late: the loop's
+            # top finds it). This POST applied nothing. Wait and try again.
+            if ctx.services.monotonic() > deadline:
+                _forget_post_unless_unanswered(ctx, slot, unanswered)
+                raise
+            ctx.sleep(backoff.next())
+            continue
+        except ProviderResponseError:
+            # A 2xx we could not read: the write happened. Adopt it; never post again.
+            adopted = adopt_action(ctx, do, droplet_id, request.type, slot=slot)
+            if adopted is None:
+                raise
+            return adopted
+        except AmbiguousWriteError:
+            unanswered += 1
+            ctx.sleep(backoff.next())
+            continue
+        except ProviderRejectedError:
+            _forget_post_unless_unanswered(ctx, slot, unanswered)
+            raise
+        ctx.checkpoint(**{f"{slot}_id": action.id})
+        return action.id
+
+
+def _forget_post_unless_unanswered(ctx: StepContext, slot: str, unanswered: int) -> None:
+    """A definite refusal applied nothing: the undo need not hunt for an action that never was."""
+    if not unanswered:
+        ctx.checkpoint(**{f"{slot}_posting": False})
+
+
+def adopt_action(
+    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, action_type: str, *, slot: str = "action"
+) -> int | None:
+    action_id = find_our_action(ctx, do, droplet_id, action_type)
+    if action_id is not None:
+        ctx.checkpoint(**{f"{slot}_id": action_id, f"{slot}_adopted": True})
+    return action_id
+
+
+def find_our_action(
+    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, action_type: str
+) -> int | None:
+    """The newest action of this type on the droplet that started after this step did."""
+    since: datetime | None = ctx.started_at
+    for action in do.list_droplet_actions(droplet_id, max_pages=2):
+        if action.type != action_type or action.status == "errored":
+            continue
+        if since is None or action.started_at >= since - CLOCK_SKEW:
+            return action.id
+    return None
+
+
+def wait_for_action(ctx: StepContext, do: DigitalOceanClient, action_id: int) -> Action:
+    def poll() -> Action | None:
+        action = do.get_action(action_id)
+        return action if action.status != "in-progress" else None
+
+    return wait_until(
+        ctx, poll, timeout=ctx.services.settings.action_timeout_seconds, what=f"action {action_id} to finish"
+    )
+
+
+__all__ = ["DropletActionRequest", "perform_droplet_action", "start_droplet_action", "wait_for_action"]
