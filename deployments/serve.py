@@ -8,18 +8,19 @@ Each kind becomes ``<kind>/<kind>``; trigger one with
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import serve
 
-from flows.snapshot import snapshot
-from flows.testing import test_saga
+from flows import FLOWS, flow_for
 
 
 def main() -> None:
-    deployments = [
-        snapshot.to_deployment(name="snapshot", tags=["arcadia-sagas"]),
-        test_saga.to_deployment(name="test", tags=["arcadia-sagas"]),
-    ]
-    serve(*deployments)  # type: ignore[arg-type]  # sync context: to_deployment returns the object
+    deployments: list[Any] = []
+    for kind in FLOWS:
+        flow, _ = flow_for(kind)
+        deployments.append(flow.to_deployment(name=kind, tags=["arcadia-sagas"]))
+    serve(*deployments)
 
 
 if __name__ == "__main__":

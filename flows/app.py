@@ -173,3 +173,24 @@ SAGA_HOOKS: dict[str, Any] = {
     "on_cancellation": [on_cancellation_compensate],
     "on_crashed": [on_crashed_compensate],
 }
+
+
+def saga_flow(kind: str, parameters: type[SagaRunFields], description: str) -> Any:
+    """The Prefect flow of one saga kind: typed parameters in, the saga's summary out."""
+    from prefect import flow
+
+    def run(params: SagaRunFields) -> dict[str, Any]:
+        return run_saga_flow(
+            kind,
+            params.saga_inputs(),
+            steps=getattr(params, "steps", None),
+            saga_id=params.saga_id,
+            triggered_by=params.triggered_by,
+            deployment_id=params.deployment_id,
+        )
+
+    # Prefect builds the deployment's parameter form from this annotation.
+    run.__annotations__["params"] = parameters
+    run.__name__ = run.__qualname__ = kind
+    run.__doc__ = description
+    return flow(name=kind, description=description, log_prints=False, **SAGA_HOOKS)(run)

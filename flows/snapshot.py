@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from prefect import flow
-
-from flows.app import SAGA_HOOKS, SagaRunFields, run_saga_flow
+from flows.app import SagaRunFields, saga_flow
 from tasks.registry import SnapshotKindInputs
 
 
@@ -14,13 +10,6 @@ class SnapshotParameters(SnapshotKindInputs, SagaRunFields):
     """``droplet_id`` and an optional ``label``, named as DigitalOcean names things."""
 
 
-@flow(name="snapshot", log_prints=False, **SAGA_HOOKS)
-def snapshot(params: SnapshotParameters) -> dict[str, Any]:
-    return run_saga_flow(
-        "snapshot",
-        params.saga_inputs(),
-        steps=None,
-        saga_id=params.saga_id,
-        triggered_by=params.triggered_by,
-        deployment_id=params.deployment_id,
-    )
+snapshot = saga_flow(
+    "snapshot", SnapshotParameters, "Snapshot one droplet; deleted again if the saga rolls back."
+)

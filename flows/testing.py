@@ -5,12 +5,9 @@ It replays the seed's live smoke: a real snapshot, a step that fails, and the ro
 
 from __future__ import annotations
 
-from typing import Any
-
-from prefect import flow
 from pydantic import Field
 
-from flows.app import SAGA_HOOKS, SagaRunFields, run_saga_flow
+from flows.app import SagaRunFields, saga_flow
 from tasks.registry import TestKindInputs
 
 
@@ -22,13 +19,4 @@ class TestParameters(TestKindInputs, SagaRunFields):
     )
 
 
-@flow(name="test", log_prints=False, **SAGA_HOOKS)
-def test_saga(params: TestParameters) -> dict[str, Any]:
-    return run_saga_flow(
-        "test",
-        params.saga_inputs(),
-        steps=params.steps,
-        saga_id=params.saga_id,
-        triggered_by=params.triggered_by,
-        deployment_id=params.deployment_id,
-    )
+test_saga = saga_flow("test", TestParameters, "Run registered steps chosen by the caller (smoke tests).")

@@ -366,6 +366,7 @@ class Runner:
             outputs=dict(outputs),
             recorded=dict(row.output),
             started_at=row.started_at,
+            attempt=row.attempts,
             services=self.services,
             record_progress=record_progress,
             cancel_requested=cancel_requested,

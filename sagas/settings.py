@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     poll_initial_seconds: float = Field(default=1.0, gt=0)
     poll_max_seconds: float = Field(default=15.0, gt=0)
     action_timeout_seconds: float = Field(default=1800.0, gt=0)
+    shutdown_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="Graceful shutdown, then power_off."
+    )
     snapshot_listing_timeout_seconds: float = Field(default=120.0, gt=0)
     compensation_attempts: int = Field(default=5, ge=1)
     forward_attempts: int = Field(default=5, ge=1, description="Tries of a step after the pivot.")

@@ -47,6 +47,7 @@ class StepContext:
     outputs: Mapping[str, Mapping[str, Any]]
     recorded: dict[str, Any]
     started_at: datetime | None
+    attempt: int
     services: Services
     record_progress: Callable[[Mapping[str, Any]], None] = field(repr=False)
     cancel_requested: Callable[[], bool] = field(repr=False)

@@ -41,3 +41,20 @@ NOOP = StepDefinition(
     summary="does nothing (benchmarks and tests)",
     compensation_summary="nothing to undo",
 )
+
+
+def flaky(ctx: StepContext) -> Mapping[str, Any]:
+    """Fails its first two attempts, then succeeds: a transient fault, for forward retries."""
+    if ctx.attempt <= 2:
+        raise StepFailedError(ctx.step_name, f"flaky attempt {ctx.attempt} fails (it exists to test retries)")
+    return {"attempts_needed": ctx.attempt}
+
+
+FLAKY = StepDefinition(
+    name="flaky",
+    execute=flaky,
+    compensate=nothing_to_undo,
+    idempotency_key=lambda scope: f"{scope.prefix}-flaky-{scope.saga_id.hex}",
+    summary="fails twice, then succeeds (tests forward retries)",
+    compensation_summary="nothing to undo",
+)

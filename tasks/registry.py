@@ -1,59 +1,168 @@
 """The registry: every saga kind and the steps it runs, in one place (DESIGN rule 8).
 
-| kind     | steps                                        |
-|----------|----------------------------------------------|
-| snapshot | create_droplet_snapshot                      |
-| test     | any registered steps, chosen by the caller   |
+| kind      | steps                                                                                   |
+|-----------|-----------------------------------------------------------------------------------------|
+| provision | create_droplet -> create_dns_record                                                     |
+| suspend   | create_droplet_snapshot -> power_off_droplet                                            |
+| resume    | power_on_droplet                                                                        |
+| update    | create_droplet_snapshot -> power_off_droplet -> resize_droplet -> power_on_droplet      |
+| rollback  | create_droplet_snapshot (safety) -> power_off_droplet -> restore_droplet (pivot)        |
+|           |   -> power_on_droplet (retried forward)                                                 |
+| offboard  | create_droplet_snapshot (final, kept) -> power_off_droplet -> delete_dns_record         |
+|           |   -> delete_droplet (pivot)                                                             |
+| snapshot  | create_droplet_snapshot                                                                 |
+| test      | any registered steps, chosen by the caller                                              |
 
 A kind's ``version`` is pinned into every saga it starts (rule 7): change a kind's step list and
 you must bump its version, so sagas started under the old list fail loudly instead of running
-different steps.
+different steps. Inputs use DigitalOcean's names.
 """
 
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sagas.steps import Catalog, KindDefinition, droplet_resource
-from tasks.basic import FAIL, NOOP
+from tasks.basic import FAIL, FLAKY, NOOP
+from tasks.dns import CREATE_DNS_RECORD, DELETE_DNS_RECORD, DnsInputs
+from tasks.droplets import (
+    CREATE_DROPLET,
+    DELETE_DROPLET,
+    POWER_OFF,
+    POWER_ON,
+    RESIZE,
+    RESTORE,
+    CreateDropletInputs,
+    DropletInputs,
+    ResizeInputs,
+    RestoreInputs,
+)
 from tasks.snapshots import CREATE_DROPLET_SNAPSHOT, SnapshotInputs
 
-
-class TestKindInputs(BaseModel):
-    """The test kind passes its inputs to whichever steps it runs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    droplet_id: int | None = Field(default=None, gt=0, lt=2**53, description="For snapshot steps.")
-    label: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
+_FORBID = ConfigDict(extra="forbid")
 
 
 class SnapshotKindInputs(SnapshotInputs):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _FORBID
+
+
+class ProvisionInputs(CreateDropletInputs, DnsInputs):
+    model_config = _FORBID
+
+
+class SuspendInputs(SnapshotInputs):
+    model_config = _FORBID
+
+
+class ResumeInputs(DropletInputs):
+    model_config = _FORBID
+
+
+class UpdateInputs(ResizeInputs, SnapshotInputs):
+    model_config = _FORBID
+
+
+class RollbackInputs(RestoreInputs, SnapshotInputs):
+    model_config = _FORBID
+
+
+class OffboardInputs(SnapshotInputs, DnsInputs):
+    model_config = _FORBID
+
+
+class TestKindInputs(BaseModel):
+    """The test kind passes its inputs to whichever steps it runs; each step checks its own."""
+
+    model_config = _FORBID
+
+    droplet_id: int | None = Field(default=None, gt=0, lt=2**53, description="For steps on a droplet.")
+    label: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
+    name: str | None = None
+    region: str | None = None
+    size: str | None = None
+    image: str | None = None
+    resize_disk: bool | None = None
+    snapshot_id: int | None = Field(default=None, gt=0, lt=2**53)
+    domain: str | None = None
+    hostname: str | None = None
+
+
+def _droplet_name_resource(inputs: Any) -> str | None:
+    return f"droplet-name:{inputs['name']}" if inputs.get("name") else droplet_resource(inputs)
 
 
 @cache
 def catalog() -> Catalog:
+    def kind(name: str, summary: str, inputs: type[BaseModel], *steps: str) -> KindDefinition:
+        resource = _droplet_name_resource if name == "provision" else droplet_resource
+        return KindDefinition(
+            name=name, version="1", inputs_model=inputs, steps=steps, summary=summary, resource=resource
+        )
+
+    snap, off, on = "create_droplet_snapshot", "power_off_droplet", "power_on_droplet"
     return Catalog(
-        steps=[CREATE_DROPLET_SNAPSHOT, FAIL, NOOP],
+        steps=[
+            CREATE_DROPLET,
+            CREATE_DNS_RECORD,
+            DELETE_DNS_RECORD,
+            CREATE_DROPLET_SNAPSHOT,
+            POWER_OFF,
+            POWER_ON,
+            RESIZE,
+            RESTORE,
+            DELETE_DROPLET,
+            FAIL,
+            FLAKY,
+            NOOP,
+        ],
         kinds=[
-            KindDefinition(
-                name="snapshot",
-                version="1",
-                inputs_model=SnapshotKindInputs,
-                steps=("create_droplet_snapshot",),
-                summary="snapshot one droplet",
-                resource=droplet_resource,
+            kind(
+                "provision",
+                "create a droplet and its DNS record",
+                ProvisionInputs,
+                "create_droplet",
+                "create_dns_record",
             ),
+            kind("suspend", "snapshot, then power off", SuspendInputs, snap, off),
+            kind("resume", "power on", ResumeInputs, on),
+            kind(
+                "update",
+                "snapshot, power off, resize, power on",
+                UpdateInputs,
+                snap,
+                off,
+                "resize_droplet",
+                on,
+            ),
+            kind(
+                "rollback",
+                "safety snapshot, power off, restore, power on",
+                RollbackInputs,
+                snap,
+                off,
+                "restore_droplet",
+                on,
+            ),
+            kind(
+                "offboard",
+                "final snapshot, power off, delete DNS, delete droplet",
+                OffboardInputs,
+                snap,
+                off,
+                "delete_dns_record",
+                "delete_droplet",
+            ),
+            kind("snapshot", "snapshot one droplet", SnapshotKindInputs, snap),
             KindDefinition(
                 name="test",
                 version="1",
                 inputs_model=TestKindInputs,
                 steps=None,
                 summary="run registered steps chosen by the caller (smoke tests)",
-                resource=droplet_resource,
+                resource=_droplet_name_resource,
             ),
         ],
     )
