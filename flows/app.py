@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sagas.context import Provisioning
-from sagas.errors import InputError, SagaBusyError, SagaError
+from sagas.errors import InputError, ResourceBusyError, SagaBusyError, SagaError
 from sagas.ledger.database import engine_for
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun, SagaStatus
@@ -91,7 +91,7 @@ def run_saga_flow(
             app.ledger.attach_flow_run(saga.id, uuid.UUID(run_id))
         with _closing(app.runner(invoke_as_task)) as runner:
             result = runner.advance(saga.id, Mode.FORWARD)
-    except (InputError, SagaBusyError):
+    except (InputError, SagaBusyError, ResourceBusyError):
         _rejected_here.add(run_id)  # this run drove nothing: its hooks must not touch the saga
         raise
     _ran_here[run_id] = saga.id

@@ -129,3 +129,11 @@ def seed_droplet(sim: httpx.Client, name: str = "web-1") -> int:
 
 def live_snapshots(sim: httpx.Client) -> list[dict[str, Any]]:
     return [s for s in sim.get("/_sim/state").json()["snapshots"] if not s.get("deleted")]
+
+
+@pytest.fixture
+def api(simulator: Any, env: dict[str, str]) -> Iterator[httpx.Client]:
+    """The simulator's DigitalOcean API itself, with the test token (for arranging a world)."""
+    headers = {"Authorization": f"Bearer {env['SAGAS_DO_TOKEN']}"}
+    with httpx.Client(base_url=simulator.base_url, headers=headers, timeout=10) as client:
+        yield client

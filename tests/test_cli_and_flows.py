@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 
 from sagas.cli import app
 from sagas.ledger.store import Ledger
+from tasks.registry import catalog
 from tests.conftest import REPO, TOKEN, live_snapshots, seed_droplet
+from tests.test_kinds import FIXED_KINDS, prepare
 
 cli = CliRunner()
 
@@ -190,3 +192,60 @@ def _ledger_dump(ledger: Ledger) -> str:
             )
         )
         return "\n".join(r[0] for r in rows)
+
+
+@pytest.mark.parametrize("kind", FIXED_KINDS)
+def test_sagas_run_works_for_every_kind(
+    kind: str, prefect_api: str, sim: httpx.Client, api: httpx.Client, ledger: Ledger
+) -> None:
+    inputs = prepare(kind, sim, api)
+    result = run_cli("run", kind, "--inputs", json.dumps(inputs), "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout[result.stdout.index("{") :])
+    assert shown["status"] == "completed"
+    assert [s["name"] for s in shown["steps"]] == list(catalog().kind(kind).steps or ())
+
+
+def test_one_saga_per_droplet_across_processes(prefect_api: str, sim: httpx.Client, ledger: Ledger) -> None:
+    sim.post("/_sim/config", json={"action_seconds": 200})  # 4 s actions: the first holds the droplet
+    droplet = seed_droplet(sim)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    base = [
+        sys.executable,
+        "-m",
+        "sagas.cli",
+        "run",
+        "suspend",
+        "--inputs",
+        json.dumps({"droplet_id": droplet}),
+    ]
+
+    def start(*extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*base, *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    first = start()
+    holder = _wait_for_holder(ledger, f"droplet:{droplet}")
+    refused = start()
+    waiting = start("--wait", "120")
+    out, err = refused.communicate(timeout=120)
+    assert refused.returncode == 3, out + err
+    assert f"droplet:{droplet} is held by saga {holder}" in err
+    for proc in (first, waiting):
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out + err
+    assert count_rows(ledger)[0] == 2  # the refused run wrote nothing
+    assert ledger.resource_holder(f"droplet:{droplet}") is None
+
+
+def _wait_for_holder(ledger: Ledger, resource: str) -> uuid.UUID:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        holder = ledger.resource_holder(resource)
+        if holder is not None:
+            return holder
+        time.sleep(0.1)
+    raise AssertionError(f"nobody took {resource}")

@@ -9,9 +9,7 @@ in the registry is covered without touching this file, once ``prepare`` knows it
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -27,13 +25,6 @@ from tests.conftest import seed_droplet
 
 DOMAIN = "example.com"
 FIXED_KINDS = [k for k in catalog().kind_names if catalog().kind(k).steps is not None]
-
-
-@pytest.fixture
-def api(simulator: Any, env: dict[str, str]) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {os.environ['SAGAS_DO_TOKEN']}"}
-    with httpx.Client(base_url=simulator.base_url, headers=headers, timeout=10) as client:
-        yield client
 
 
 def world(sim: httpx.Client, api: httpx.Client) -> dict[str, Any]:
