@@ -26,6 +26,7 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from sagas.digitalocean.client import DigitalOceanClient, RetryPolicy
 from sagas.digitalocean.models import (
+    DomainRecordCreateRequest,
     DropletActionRequest,
     DropletCreateRequest,
     PowerOffActionRequest,
@@ -39,6 +40,7 @@ from sagas.digitalocean.models import (
 from sagas.digitalocean.ratelimit import RateBudget
 from sagas.errors import (
     AmbiguousWriteError,
+    InputError,
     PendingEventError,
     ProviderError,
     ProviderNotFoundError,
@@ -119,6 +121,8 @@ def _example(spec: dict[str, Any], path: str, method: str, status: str) -> Any:
     content = spec["paths"][path][method]["responses"][status]["content"]["application/json"]
     if "example" in content:
         return copy.deepcopy(content["example"])
+    if "example" in content.get("schema", {}):
+        return copy.deepcopy(content["schema"]["example"])
     return copy.deepcopy(next(iter(content["examples"].values()))["value"])
 
 
@@ -175,6 +179,23 @@ def snapshot_json(snapshot_id: str, name: str) -> dict[str, Any]:
         "resource_id": str(DROPLET_ID),
         "resource_type": "droplet",
         "tags": ["web"],
+    }
+
+
+def domain_record_json(
+    record_id: int, type_: str = "A", name: str = "www", data: str = "162.10.66.0"
+) -> dict[str, Any]:
+    return {
+        "id": record_id,
+        "type": type_,
+        "name": name,
+        "data": data,
+        "priority": None,
+        "port": None,
+        "ttl": 1800,
+        "weight": None,
+        "flags": None,
+        "tag": None,
     }
 
 
@@ -327,8 +348,10 @@ def _paged(
         per_page = request.url.params.get("per_page", "20")
         links: dict[str, Any] = {}
         if number < len(pages):
-            tag = request.url.params.get("tag_name")
-            extra = f"&tag_name={tag}" if tag else ""
+            # Like the real API: the next link repeats the request's filters.
+            extra = "".join(
+                f"&{k}={v}" for k, v in request.url.params.multi_items() if k not in ("page", "per_page")
+            )
             links = {"pages": {"next": f"{BASE_URL}{path}?page={number + 1}&per_page={per_page}{extra}"}}
         total = sum(len(p) for p in pages)
         return ok(200, {key: pages[number - 1], "links": links, "meta": {"total": total}})
@@ -554,6 +577,190 @@ def test_delete_snapshot_that_is_gone_is_not_found(
         client.delete_snapshot("6372321")
     assert caught.value.status_code == 404
     assert caught.value.request_id == "4d9d8375-3c56-4925-a3e7-eb137fed17e9"
+
+
+def test_droplet_exposes_size_and_power_fields(
+    client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]
+) -> None:
+    body = droplet_json(
+        spec_json, status="active", locked=True, size_slug="s-2vcpu-4gb", memory=4096, vcpus=2, disk=80
+    )
+    fake.on("GET", f"/v2/droplets/{DROPLET_ID}", ok(200, {"droplet": body}))
+    droplet = client.get_droplet(DROPLET_ID)
+    assert (droplet.status, droplet.locked, droplet.size_slug) == ("active", True, "s-2vcpu-4gb")
+    assert (droplet.memory, droplet.vcpus, droplet.disk) == (4096, 2, 80)
+    assert droplet.tags == ["web", "env:prod"]
+
+
+def test_find_droplets_by_tag_follows_every_page(
+    client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]
+) -> None:
+    pages = [[droplet_json(spec_json, droplet_id=n, tags=["saga:1"])] for n in (1, 2, 3)]
+    fake.on("GET", "/v2/droplets", _paged("droplets", pages, "/v2/droplets"))
+    assert [d.id for d in client.find_droplets_by_tag("saga:1")] == [1, 2, 3]
+    assert all(r.url.params["tag_name"] == "saga:1" for r in fake.requests)
+    with pytest.raises(InputError):
+        client.find_droplets_by_tag("")
+    assert len(fake.requests) == 3
+
+
+# --- domain records -------------------------------------------------------------------------------
+
+RECORDS = "/v2/domains/example.com/records"
+SPEC_RECORDS = "/v2/domains/{domain_name}/records"
+
+
+def test_list_domain_records_follows_pages_with_both_filters(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
+    pages = [[domain_record_json(n, data=f"192.0.2.{n}")] for n in (1, 2, 3)]
+    fake.on("GET", RECORDS, _paged("domain_records", pages, RECORDS))
+
+    records = client.list_domain_records("example.com", name="www.example.com", type="A")
+
+    assert [r.id for r in records] == [1, 2, 3]
+    assert [r.data for r in records] == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    assert records[0].fqdn("example.com") == "www.example.com"
+    assert [r.url.params.get("page") for r in fake.requests] == [None, "2", "3"]
+    assert all(r.url.params["name"] == "www.example.com" for r in fake.requests)
+    assert all(r.url.params["type"] == "A" for r in fake.requests)
+    assert all(r.url.params["per_page"] == "200" for r in fake.requests)
+
+
+def test_list_domain_records_unfiltered(
+    client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]
+) -> None:
+    fake.on("GET", RECORDS, ok(200, _example(spec_json, SPEC_RECORDS, "get", "200")))
+    records = client.list_domain_records("example.com.")  # a trailing dot is fine
+    assert [(r.type, r.name) for r in records][:2] == [("NS", "@"), ("NS", "@")]
+    assert records[0].fqdn("example.com") == "example.com"
+    assert "name" not in fake.requests[0].url.params and "type" not in fake.requests[0].url.params
+
+
+def test_create_domain_record(
+    client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]
+) -> None:
+    fake.on("POST", RECORDS, ok(201, _example(spec_json, SPEC_RECORDS, "post", "201")))
+
+    record = client.create_domain_record(
+        "example.com", DomainRecordCreateRequest(type="A", name="www", data="162.10.66.0", ttl=300)
+    )
+
+    assert (record.id, record.type, record.name, record.data, record.ttl) == (
+        28448433,
+        "A",
+        "www",
+        "162.10.66.0",
+        1800,
+    )
+    assert body_of(fake.requests[0]) == {"type": "A", "name": "www", "data": "162.10.66.0", "ttl": 300}
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        DomainRecordCreateRequest(type="AAAA", name="www", data="2001:db8::1"),
+        DomainRecordCreateRequest(type="CNAME", name="blog", data="www.example.com."),
+        DomainRecordCreateRequest(type="TXT", name="_acme-challenge", data="token"),
+        DomainRecordCreateRequest(type="MX", name="@", data="mail.example.com.", priority=10),
+        DomainRecordCreateRequest(
+            type="SRV", name="_sip._tcp", data="sip.example.com.", priority=10, port=5060, weight=5
+        ),
+        DomainRecordCreateRequest(type="CAA", name="@", data="letsencrypt.org.", flags=0, tag="issue"),
+    ],
+    ids=lambda r: r.type,
+)
+def test_create_domain_record_bodies_match_the_spec(
+    client: DigitalOceanClient, fake: FakeDigitalOcean, req: DomainRecordCreateRequest
+) -> None:
+    fake.on("POST", RECORDS, ok(201, {"domain_record": domain_record_json(7, req.type, req.name, req.data)}))
+    assert client.create_domain_record("example.com", req).type == req.type
+    sent = body_of(fake.requests[0])
+    assert sent["type"] == req.type and sent["data"] == req.data and None not in sent.values()
+
+
+def test_domain_record_requests_are_checked_before_sending(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
+    with pytest.raises(ValueError, match="priority"):
+        DomainRecordCreateRequest(type="MX", name="@", data="mail.example.com.")
+    with pytest.raises(ValueError, match="flags, tag"):
+        DomainRecordCreateRequest(type="CAA", name="@", data="letsencrypt.org.")
+    with pytest.raises(ValueError):
+        DomainRecordCreateRequest(type="A", name="www", data="192.0.2.1", ttl=5)
+    with pytest.raises(ValueError):
+        DomainRecordCreateRequest.model_validate({"type": "A", "name": "www", "data": "192.0.2.1", "prio": 1})
+    for domain in ("", "a/b", "ex ample.com"):
+        with pytest.raises(InputError):
+            client.list_domain_records(domain)
+    with pytest.raises(InputError, match="record type"):
+        client.list_domain_records("example.com", type="BOGUS")
+    with pytest.raises(InputError):
+        client.get_domain_record("example.com", 0)
+    assert fake.requests == []
+
+
+def test_get_domain_record(
+    client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]
+) -> None:
+    fake.on(
+        "GET",
+        f"{RECORDS}/3352896",
+        ok(
+            200,
+            _example(
+                spec_json,
+                f"{SPEC_RECORDS}/{{domain_record_id}}",
+                "get",
+                "200",
+            ),
+        ),
+    )
+    record = client.get_domain_record("example.com", 3352896)
+    assert (record.id, record.name, record.data) == (3352896, "blog", "162.10.66.0")
+
+
+def test_delete_domain_record_and_404_is_not_found(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
+    fake.on("DELETE", f"{RECORDS}/3352896", no_content())
+    client.delete_domain_record("example.com", 3352896)
+    fake.on(
+        "DELETE",
+        f"{RECORDS}/3352896",
+        error(404, "not_found", "The resource you were accessing could not be found."),
+    )
+    with pytest.raises(ProviderNotFoundError) as caught:
+        client.delete_domain_record("example.com", 3352896)
+    assert caught.value.status_code == 404
+    fake.on(
+        "GET",
+        f"{RECORDS}/3352896",
+        error(404, "not_found", "The resource you were accessing could not be found."),
+    )
+    with pytest.raises(ProviderNotFoundError):
+        client.get_domain_record("example.com", 3352896)
+
+
+def test_domain_record_errors_use_the_one_translation(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
+    fake.on(
+        "GET",
+        "/v2/domains/nope.com/records",
+        error(404, "not_found", "The resource you were accessing could not be found."),
+    )
+    with pytest.raises(ProviderNotFoundError):
+        client.list_domain_records("nope.com")
+    fake.on("POST", RECORDS, error(422, "unprocessable_entity", "Data needs to end with a dot (.)"))
+    req = DomainRecordCreateRequest(type="CNAME", name="www", data="app.example.com")
+    with pytest.raises(ProviderRejectedError, match="end with a dot") as caught:
+        client.create_domain_record("example.com", req)
+    assert not isinstance(caught.value, PendingEventError)
+    fake.on("POST", RECORDS, error(500, "server_error", "Server was unable to give you a response."))
+    with pytest.raises(AmbiguousWriteError):
+        client.create_domain_record("example.com", req)
+    assert len(fake.sent("POST")) == 2  # the 500 was not re-sent
 
 
 # --- 4xx ----------------------------------------------------------------------------------------

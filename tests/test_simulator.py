@@ -185,6 +185,349 @@ def test_resize_needs_the_droplet_off(do: httpx.Client, control: httpx.Client) -
     assert refused.status_code == 422 and "power it off" in refused.json()["message"]
 
 
+def droplet(do: httpx.Client, droplet_id: int) -> dict[str, Any]:
+    response = do.get(f"/v2/droplets/{droplet_id}")
+    assert response.status_code == 200, response.text
+    return dict(response.json()["droplet"])
+
+
+def test_create_with_tags_is_locked_only_while_a_later_action_runs(
+    do: httpx.Client, control: httpx.Client
+) -> None:
+    control.post("/_sim/config", json={"action_seconds": 10.0})
+    body = {"name": "tagged-1", "size": "s-1vcpu-1gb", "image": "debian-12-x64", "tags": ["app:x", "web"]}
+    created = do.post("/v2/droplets", json=body).json()
+    droplet_id, create_id = created["droplet"]["id"], created["links"]["actions"][0]["id"]
+    seed(control, "untagged")
+    by_tag = do.get("/v2/droplets", params={"tag_name": "app:x"}).json()
+    assert [d["id"] for d in by_tag["droplets"]] == [droplet_id] and by_tag["meta"]["total"] == 1
+    assert by_tag["droplets"][0]["tags"] == ["app:x", "web"]
+    new = droplet(do, droplet_id)
+    assert new["status"] == "new" and new["locked"] is False  # as the spec's own create example shows
+    wait_completed(do, create_id)
+    active = droplet(do, droplet_id)
+    assert active["status"] == "active" and active["locked"] is False
+    reboot = act(do, droplet_id, type="reboot")
+    assert droplet(do, droplet_id)["locked"] is True
+    wait_completed(do, reboot["id"])
+    assert droplet(do, droplet_id)["locked"] is False
+    assert "app:x" in control.get("/_sim/state").json()["tags"]
+
+
+def test_shutdown_then_power_on_with_the_status_lag(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/config", json={"status_lag_seconds": 30.0})
+    droplet_id = seed(control)
+    shutdown = act(do, droplet_id, type="shutdown")
+    assert shutdown["type"] == "shutdown" and shutdown["status"] == "in-progress"
+    wait_completed(do, shutdown["id"])
+    assert droplet(do, droplet_id)["status"] == "active"  # completed, status not changed yet
+    eventually(lambda: droplet(do, droplet_id)["status"] == "off")
+    power_on = act(do, droplet_id, type="power_on")
+    wait_completed(do, power_on["id"])
+    assert droplet(do, droplet_id)["status"] == "off"
+    eventually(lambda: droplet(do, droplet_id)["status"] == "active")
+    writes = control.get("/_sim/state").json()["counters"]["writes"]
+    assert writes[f"action:shutdown:{droplet_id}"] == 1 and writes[f"action:power_on:{droplet_id}"] == 1
+
+
+def test_power_off_or_shutdown_of_an_off_droplet_still_completes(
+    do: httpx.Client, control: httpx.Client
+) -> None:
+    droplet_id = seed(control)
+    wait_completed(do, act(do, droplet_id, type="power_off")["id"])
+    eventually(lambda: droplet(do, droplet_id)["status"] == "off")
+    for kind in ("power_off", "shutdown"):
+        again = act(do, droplet_id, type=kind)
+        wait_completed(do, again["id"])
+        assert droplet(do, droplet_id)["status"] == "off"
+    time.sleep(2 * SCALE)  # past the status lag: nothing turned it back on
+    assert droplet(do, droplet_id)["status"] == "off"
+
+
+def test_resize_without_disk_keeps_the_disk(do: httpx.Client, control: httpx.Client) -> None:
+    droplet_id = seed(control, size="s-1vcpu-1gb")
+    wait_completed(do, act(do, droplet_id, type="power_off")["id"])
+    eventually(lambda: droplet(do, droplet_id)["status"] == "off")
+    resize = act(do, droplet_id, type="resize", size="s-2vcpu-2gb")
+    assert droplet(do, droplet_id)["locked"] is True
+    wait_completed(do, resize["id"])
+    after = droplet(do, droplet_id)
+    assert (after["size_slug"], after["memory"], after["vcpus"], after["disk"]) == (
+        "s-2vcpu-2gb",
+        2048,
+        2,
+        25,
+    )
+    assert after["size"]["slug"] == "s-2vcpu-2gb" and after["status"] == "off"
+    state = control.get("/_sim/state").json()["droplets"][0]
+    assert state["disk_resized"] is False
+    # Back down to the original size works because the disk did not grow.
+    wait_completed(do, act(do, droplet_id, type="resize", size="s-1vcpu-1gb")["id"])
+    assert droplet(do, droplet_id)["size_slug"] == "s-1vcpu-1gb"
+
+
+def test_resize_with_disk_grows_it_for_good(do: httpx.Client, control: httpx.Client) -> None:
+    droplet_id = seed(control, size="s-1vcpu-1gb")
+    wait_completed(do, act(do, droplet_id, type="power_off")["id"])
+    eventually(lambda: droplet(do, droplet_id)["status"] == "off")
+    wait_completed(do, act(do, droplet_id, type="resize", size="s-2vcpu-4gb", disk=True)["id"])
+    after = droplet(do, droplet_id)
+    assert (after["memory"], after["vcpus"], after["disk"]) == (4096, 2, 80)
+    assert after["disk_info"][0]["size"]["amount"] == 80
+    state = control.get("/_sim/state").json()
+    assert state["droplets"][0]["disk_resized"] is True
+    assert state["counters"]["writes"][f"action:resize:{droplet_id}"] == 1
+    smaller = do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "resize", "size": "s-1vcpu-1gb"})
+    assert smaller.status_code == 422 and "smaller disk" in smaller.json()["message"]
+    for bad in ({"size": "huge"}, {"size": "s-4vcpu-8gb", "disk": "yes"}):
+        refused = do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "resize", **bad})
+        assert refused.status_code == 422 and refused.json()["id"] == "unprocessable_entity"
+
+
+def _snapshot_of(do: httpx.Client, droplet_id: int, name: str) -> int:
+    wait_completed(do, act(do, droplet_id, type="snapshot", name=name)["id"])
+    listed = eventually(lambda: do.get(f"/v2/droplets/{droplet_id}/snapshots").json()["snapshots"])
+    return int(listed[0]["id"])
+
+
+def test_restore_takes_only_a_snapshot_of_that_droplet(do: httpx.Client, control: httpx.Client) -> None:
+    first, second = seed(control, "r-1"), seed(control, "r-2")
+    snap_id = _snapshot_of(do, first, "r-1-snap")
+    for image in (_snapshot_of(do, second, "r-2-snap"), 999999, "ubuntu-22-04-x64", 129211873):
+        refused = do.post(f"/v2/droplets/{first}/actions", json={"type": "restore", "image": image})
+        assert refused.status_code == 422, image
+        assert refused.json()["id"] == "unprocessable_entity"
+    restore = act(do, first, type="restore", image=snap_id)
+    assert droplet(do, first)["locked"] is True
+    wait_completed(do, restore["id"])
+    image = droplet(do, first)["image"]
+    assert image["id"] == snap_id and image["type"] == "snapshot" and image["name"] == "r-1-snap"
+
+
+def test_rebuild_by_slug_or_id(do: httpx.Client, control: httpx.Client) -> None:
+    droplet_id = seed(control, image="ubuntu-22-04-x64")
+    wait_completed(do, act(do, droplet_id, type="rebuild", image="debian-12-x64")["id"])
+    assert droplet(do, droplet_id)["image"]["slug"] == "debian-12-x64"
+    wait_completed(do, act(do, droplet_id, type="rebuild", image=160216920)["id"])
+    assert droplet(do, droplet_id)["image"]["slug"] == "ubuntu-24-04-x64"
+    refused = do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "rebuild", "image": "nope-1"})
+    assert refused.status_code == 422
+
+
+def test_actions_on_a_droplet_being_created_are_pending(do: httpx.Client, control: httpx.Client) -> None:
+    control.post("/_sim/config", json={"action_seconds": 50.0})
+    created = do.post("/v2/droplets", json={"name": "p-1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"})
+    droplet_id = created.json()["droplet"]["id"]
+    refused = do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "shutdown"})
+    assert refused.status_code == 422 and refused.json()["message"] == "Droplet already has a pending event."
+
+
+# --- domains and DNS records ----------------------------------------------------------------------
+
+
+def seed_domain(control: httpx.Client, name: str = "example.com", **extra: Any) -> None:
+    response = control.post("/_sim/domains", json={"name": name, **extra})
+    assert response.status_code == 201, response.text
+    assert response.json()["domain"]["name"] == name.lower()
+
+
+def record(do: httpx.Client, domain: str = "example.com", **body: Any) -> dict[str, Any]:
+    response = do.post(f"/v2/domains/{domain}/records", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json()["domain_record"])
+
+
+def records(do: httpx.Client, domain: str = "example.com", **params: Any) -> list[dict[str, Any]]:
+    response = do.get(f"/v2/domains/{domain}/records", params=params)
+    assert response.status_code == 200, response.text
+    return list(response.json()["domain_records"])
+
+
+def test_a_seeded_domain_has_its_soa_and_ns_records(do: httpx.Client, control: httpx.Client) -> None:
+    seed_domain(control, "Example.COM", ip_address="203.0.113.7")
+    listed = records(do)
+    assert [(r["type"], r["name"], r["data"]) for r in listed] == [
+        ("SOA", "@", "1800"),
+        ("NS", "@", "ns1.digitalocean.com"),
+        ("NS", "@", "ns2.digitalocean.com"),
+        ("NS", "@", "ns3.digitalocean.com"),
+        ("A", "@", "203.0.113.7"),
+    ]
+    assert records(do, name="example.com", type="A")[0]["data"] == "203.0.113.7"
+    again = control.post("/_sim/domains", json={"name": "example.com"})
+    assert again.status_code == 422 and "already exists" in again.json()["message"]
+    assert control.post("/_sim/domains", json={"name": "not a domain"}).status_code == 400
+    assert control.post("/_sim/domains", json={}).status_code == 400
+    assert control.get("/_sim/state").json()["counters"]["writes"] == {}  # seeding is not a write
+
+
+def test_create_get_delete_record(do: httpx.Client, control: httpx.Client) -> None:
+    seed_domain(control)
+    created = record(do, type="A", name="www", data="192.0.2.10")
+    assert created == {
+        "id": created["id"],
+        "type": "A",
+        "name": "www",
+        "data": "192.0.2.10",
+        "priority": None,
+        "port": None,
+        "ttl": 1800,
+        "weight": None,
+        "flags": None,
+        "tag": None,
+    }
+    got = do.get(f"/v2/domains/example.com/records/{created['id']}")
+    assert got.status_code == 200 and got.json()["domain_record"] == created
+    assert do.delete(f"/v2/domains/example.com/records/{created['id']}").status_code == 204
+    assert do.get(f"/v2/domains/example.com/records/{created['id']}").status_code == 404
+    gone = do.delete(f"/v2/domains/example.com/records/{created['id']}")
+    assert gone.status_code == 404 and gone.json()["id"] == "not_found"
+    writes = control.get("/_sim/state").json()["counters"]["writes"]
+    assert writes == {"dns:A:www.example.com": 1, f"delete_dns_record:{created['id']}": 1}
+
+
+def test_every_supported_record_type(do: httpx.Client, control: httpx.Client) -> None:
+    seed_domain(control)
+    made = [
+        record(do, type="A", name="app", data="192.0.2.1", ttl=60),
+        record(do, type="AAAA", name="app", data="2001:db8::1"),
+        record(do, type="CNAME", name="www", data="app.example.com."),
+        record(do, type="CNAME", name="alias", data="@"),
+        record(do, type="TXT", name="_acme-challenge.app", data="token with spaces=1"),
+        record(do, type="MX", name="@", data="mail.example.com.", priority=10),
+        record(do, type="NS", name="sub", data="ns1.elsewhere.net."),
+        record(do, type="A", name="*", data="192.0.2.2"),
+    ]
+    assert made[0]["ttl"] == 60 and made[5]["priority"] == 10 and made[1]["priority"] is None
+    writes = control.get("/_sim/state").json()["counters"]["writes"]
+    assert writes["dns:CNAME:www.example.com"] == 1 and writes["dns:MX:example.com"] == 1
+    assert writes["dns:TXT:_acme-challenge.app.example.com"] == 1
+    # The same record twice is two records, as a blindly retried POST would leave it.
+    record(do, type="TXT", name="dup", data="x")
+    record(do, type="TXT", name="dup", data="x")
+    assert len(records(do, name="dup.example.com")) == 2
+    assert control.get("/_sim/state").json()["counters"]["writes"]["dns:TXT:dup.example.com"] == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"name": "www", "data": "192.0.2.1"}, "Type can't be blank"),
+        ({"type": "BOGUS", "name": "www", "data": "192.0.2.1"}, "not a valid record type"),
+        ({"type": "SRV", "name": "_sip._tcp", "data": "sip.example.com."}, "cannot be created"),
+        ({"type": "A", "data": "192.0.2.1"}, "Name can't be blank"),
+        ({"type": "A", "name": "bad name", "data": "192.0.2.1"}, "is invalid"),
+        ({"type": "A", "name": "www"}, "Data can't be blank"),
+        ({"type": "A", "name": "www", "data": "300.1.1.1"}, "IPv4"),
+        ({"type": "A", "name": "www", "data": "2001:db8::1"}, "IPv4"),
+        ({"type": "AAAA", "name": "www", "data": "192.0.2.1"}, "IPv6"),
+        ({"type": "CNAME", "name": "www", "data": "app.example.com"}, "end with a dot"),
+        ({"type": "CNAME", "name": "www", "data": "not a host."}, "hostname"),
+        ({"type": "MX", "name": "@", "data": "mail.example.com."}, "Priority"),
+        ({"type": "A", "name": "www", "data": "192.0.2.1", "ttl": 5}, "TTL"),
+        ({"type": "A", "name": "www", "data": "192.0.2.1", "ttl": "1800"}, "Ttl must be an integer"),
+        ({"type": "A", "name": "www", "data": "192.0.2.1", "ttl": True}, "Ttl must be an integer"),
+        ({"type": "CNAME", "name": "@", "data": "other.net."}, "CNAME records cannot share"),
+    ],
+)
+def test_invalid_records_are_422_with_a_clear_message(
+    do: httpx.Client, control: httpx.Client, body: dict[str, Any], fragment: str
+) -> None:
+    seed_domain(control)
+    refused = do.post("/v2/domains/example.com/records", json=body)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["id"] == "unprocessable_entity" and fragment in refused.json()["message"]
+    assert control.get("/_sim/state").json()["counters"]["writes"] == {}
+
+
+def test_a_cname_shares_its_name_with_nothing(do: httpx.Client, control: httpx.Client) -> None:
+    seed_domain(control)
+    record(do, type="A", name="www", data="192.0.2.1")
+    clash = do.post("/v2/domains/example.com/records", json={"type": "CNAME", "name": "www", "data": "@"})
+    assert clash.status_code == 422 and "CNAME" in clash.json()["message"]
+    record(do, type="CNAME", name="blog", data="@")
+    for body in (
+        {"type": "TXT", "name": "blog", "data": "x"},
+        {"type": "CNAME", "name": "BLOG", "data": "@"},
+    ):
+        assert do.post("/v2/domains/example.com/records", json=body).status_code == 422
+
+
+def test_list_filters_and_pages(do: httpx.Client, control: httpx.Client) -> None:
+    seed_domain(control)
+    seed_domain(control, "other.org")
+    for i in range(25):
+        record(do, type="A", name=f"h{i}", data=f"192.0.2.{i + 1}")
+    record(do, type="TXT", name="h3", data="v=spf1 -all")
+    record(do, "other.org", type="A", name="h3", data="198.51.100.1")
+
+    assert [r["type"] for r in records(do, name="h3.example.com")] == ["A", "TXT"]
+    assert [r["data"] for r in records(do, name="H3.Example.com.", type="TXT")] == ["v=spf1 -all"]
+    assert records(do, name="h3") == []  # the filter wants the full name
+    assert [r["data"] for r in records(do, "other.org", name="h3.other.org")] == ["198.51.100.1"]
+    assert len(records(do, type="NS")) == 3
+    assert do.get("/v2/domains/example.com/records", params={"type": "BOGUS"}).status_code == 400
+
+    seen: list[int] = []
+    url: str | None = "/v2/domains/example.com/records?type=A&per_page=10"
+    while url:
+        body = do.get(url).json()
+        assert body["meta"]["total"] == 25
+        seen += [r["id"] for r in body["domain_records"]]
+        url = body["links"].get("pages", {}).get("next")
+    assert len(seen) == 25 and seen == sorted(seen)
+    everything = do.get("/v2/domains/example.com/records").json()
+    assert (
+        len(everything["domain_records"]) == 20 and everything["meta"]["total"] == 4 + 26
+    )  # SOA, NS, A, TXT
+
+
+def test_unknown_domain_is_404_everywhere(do: httpx.Client, control: httpx.Client) -> None:
+    seed_domain(control)
+    created = record(do, type="A", name="www", data="192.0.2.1")
+    for response in (
+        do.get("/v2/domains/nope.com/records"),
+        do.post("/v2/domains/nope.com/records", json={"type": "A", "name": "www", "data": "192.0.2.1"}),
+        do.get(f"/v2/domains/nope.com/records/{created['id']}"),
+        do.delete(f"/v2/domains/nope.com/records/{created['id']}"),
+        do.get("/v2/domains/example.com/records/1"),
+        do.get("/v2/domains/example.com/records/abc"),
+    ):
+        assert response.status_code == 404 and response.json()["id"] == "not_found"
+
+
+def test_domains_are_in_the_state_and_reset(do: httpx.Client, control: httpx.Client) -> None:
+    seed_domain(control)
+    created = record(do, type="TXT", name="t", data="hello")
+    domains = control.get("/_sim/state").json()["domains"]
+    assert [d["name"] for d in domains] == ["example.com"]
+    assert domains[0]["records"][-1] == created
+    counters = control.get("/_sim/state").json()["counters"]["requests"]
+    assert counters == {"POST /v2/domains/{domain_name}/records": 1}
+    assert control.post("/_sim/reset").status_code == 204
+    assert control.get("/_sim/state").json()["domains"] == []
+    assert do.get("/v2/domains/example.com/records").status_code == 404
+    seed_domain(control)
+    assert record(do, type="TXT", name="t", data="hello")["id"] > created["id"]  # ids never reused
+
+
+def test_record_writes_can_be_faulted(do: httpx.Client, control: httpx.Client) -> None:
+    seed_domain(control)
+    control.post(
+        "/_sim/faults",
+        json=[
+            {"kind": "lose_response", "method": "POST", "path": "^/v2/domains/[^/]+/records$"},
+            {"kind": "error_500", "method": "DELETE", "path": "/records/"},
+        ],
+    )
+    with pytest.raises(httpx.HTTPError):
+        do.post("/v2/domains/example.com/records", json={"type": "A", "name": "lost", "data": "192.0.2.9"})
+    (lost,) = records(do, name="lost.example.com")  # applied although the answer never came
+    assert do.delete(f"/v2/domains/example.com/records/{lost['id']}").status_code == 500
+    assert len(records(do, name="lost.example.com")) == 1  # a 500 is not applied
+    assert do.delete(f"/v2/domains/example.com/records/{lost['id']}").status_code == 204
+
+
 # --- rate limits ----------------------------------------------------------------------------------
 
 

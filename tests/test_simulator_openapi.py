@@ -319,6 +319,106 @@ def test_snapshot_routes(api: Callable[..., httpx.Response], server: RunningSimu
     api("DELETE", f"/v2/snapshots/{snap['id']}", 404)
 
 
+# --- power, resize, restore, rebuild ---------------------------------------------------------------
+
+
+def test_power_resize_restore_rebuild(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+    droplet_id = _active(api, server, "life-1")
+    base = f"/v2/droplets/{droplet_id}/actions"
+
+    def run(body: dict[str, Any]) -> dict[str, Any]:
+        action: dict[str, Any] = api("POST", base, 201, json=body).json()["action"]
+        assert action["type"] == body["type"] and action["status"] == "in-progress"
+        _completed(server, action["id"])
+        return action
+
+    def status() -> str:
+        return str(api("GET", f"/v2/droplets/{droplet_id}", 200).json()["droplet"]["status"])
+
+    snapshot = run({"type": "snapshot", "name": "life-1-base"})
+    assert snapshot["resource_id"] == droplet_id
+    _eventually(lambda: bool(server.app.world.list_droplet_snapshots(droplet_id)))
+    snap_id = api("GET", f"/v2/droplets/{droplet_id}/snapshots", 200).json()["snapshots"][0]["id"]
+
+    run({"type": "shutdown"})
+    _eventually(lambda: status() == "off")
+    run({"type": "power_off"})  # already off: still an action that completes
+    assert (
+        api("POST", base, 422, json={"type": "resize", "size": "nope"}).json()["id"] == "unprocessable_entity"
+    )
+    run({"type": "resize", "size": "s-2vcpu-4gb", "disk": True})
+    droplet = api("GET", f"/v2/droplets/{droplet_id}", 200).json()["droplet"]
+    assert (droplet["size_slug"], droplet["memory"], droplet["vcpus"], droplet["disk"]) == (
+        "s-2vcpu-4gb",
+        4096,
+        2,
+        80,
+    )
+    run({"type": "power_on"})
+    _eventually(lambda: status() == "active")
+    run({"type": "restore", "image": snap_id})
+    api("POST", base, 422, json={"type": "restore", "image": 999999})
+    run({"type": "rebuild", "image": "debian-12-x64"})
+    run({"type": "rebuild", "image": 129211873})
+
+
+# --- domain records -------------------------------------------------------------------------------
+
+
+def test_domain_record_routes(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+    server.app.world.seed_domain({"name": "example.com"})
+    base = "/v2/domains/example.com/records"
+    created = []
+    for body in (
+        {"type": "A", "name": "www", "data": "192.0.2.10"},
+        {"type": "AAAA", "name": "www", "data": "2001:db8::10", "ttl": 300},
+        {"type": "CNAME", "name": "blog", "data": "www.example.com."},
+        {"type": "TXT", "name": "_acme-challenge", "data": "abc123"},
+        {"type": "MX", "name": "@", "data": "mail.example.com.", "priority": 10},
+    ):
+        record = api("POST", base, 201, json=body).json()["domain_record"]
+        assert record["type"] == body["type"] and record["ttl"] == body.get("ttl", 1800)
+        created.append(record)
+
+    listed = api("GET", base, 200, params={"per_page": 3}).json()
+    assert listed["meta"]["total"] == 9 and set(listed["links"]["pages"]) == {"next", "last"}
+    last = api("GET", base, 200, params={"per_page": 3, "page": 3}).json()
+    assert set(last["links"]["pages"]) == {"first", "prev"}
+    only = api("GET", base, 200, params={"name": "www.example.com", "type": "AAAA"}).json()
+    assert [r["data"] for r in only["domain_records"]] == ["2001:db8::10"] and only["links"] == {}
+
+    record_id = created[0]["id"]
+    assert api("GET", f"{base}/{record_id}", 200).json()["domain_record"] == created[0]
+    api("DELETE", f"{base}/{record_id}", 204)
+    api("GET", f"{base}/{record_id}", 404)
+    api("DELETE", f"{base}/{record_id}", 404)
+
+    invalid = api("POST", base, 422, json={"type": "A", "name": "www", "data": "not-an-ip"}).json()
+    assert invalid["id"] == "unprocessable_entity" and "IPv4" in invalid["message"]
+    api("POST", base, 422, json={"type": "CNAME", "name": "www", "data": "x.example.com"})
+    for method, path in (
+        ("GET", "/v2/domains/nope.com/records"),
+        ("GET", f"/v2/domains/nope.com/records/{record_id}"),
+    ):
+        assert api(method, path, 404).json()["id"] == "not_found"
+    api("POST", "/v2/domains/nope.com/records", 404, json={"type": "TXT", "name": "x", "data": "y"})
+    api("DELETE", f"/v2/domains/nope.com/records/{created[1]['id']}", 404)
+    api("GET", base, 401, headers={"Authorization": ""})
+
+
+def test_domain_record_rate_limit_and_500(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
+    server.app.world.seed_domain({"name": "example.com"})
+    server.app.add_faults({"kind": "error_500", "method": "POST", "path": "/records$"})
+    body = {"type": "A", "name": "www", "data": "192.0.2.1"}
+    assert api("POST", "/v2/domains/example.com/records", 500, json=body).json()["id"] == "server_error"
+    server.app.update_config(rate_limit_per_minute=2)  # the faulted POST counted as one
+    api("GET", "/v2/domains/example.com/records", 200)
+    limited = api("DELETE", "/v2/domains/example.com/records/1", 429)
+    assert int(limited.headers["retry-after"]) >= 1
+
+
 # --- the edge: auth, rate limits, injected faults -------------------------------------------------
 
 

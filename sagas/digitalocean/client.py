@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Literal, Self, TypeVar, overload
+from typing import Literal, Self, TypeVar, get_args, overload
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
@@ -37,6 +37,11 @@ from sagas.digitalocean.models import (
     Action,
     ActionEnvelope,
     ActionPage,
+    DomainRecord,
+    DomainRecordCreateRequest,
+    DomainRecordEnvelope,
+    DomainRecordPage,
+    DomainRecordType,
     Droplet,
     DropletActionRequest,
     DropletCreateRequest,
@@ -72,6 +77,8 @@ PER_PAGE = 200
 MAX_PAGES = 500
 # A 429 that says "retry now" still waits this long, so a misbehaving server cannot spin us.
 MIN_RATE_LIMIT_WAIT = 1.0
+
+DOMAIN_RECORD_TYPES: tuple[str, ...] = get_args(DomainRecordType)
 
 Method = Literal["GET", "POST", "DELETE"]
 _IDEMPOTENT: frozenset[str] = frozenset({"GET", "DELETE"})
@@ -173,6 +180,12 @@ class DigitalOceanClient:
         pages = self._paginate("/v2/droplets", params, DropletPage, max_pages=None)
         return [droplet for page in pages for droplet in page.droplets]
 
+    def find_droplets_by_tag(self, tag: str) -> list[Droplet]:
+        """Every droplet carrying ``tag`` (all pages). A droplet deleted moments ago may still be listed."""
+        if not tag:
+            raise InputError("a tag to look droplets up by must not be empty")
+        return self.list_droplets(tag_name=tag)
+
     def create_droplet(self, req: DropletCreateRequest) -> Droplet:
         return self._send("POST", "/v2/droplets", body=req, model=DropletEnvelope).droplet
 
@@ -238,6 +251,37 @@ class DigitalOceanClient:
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Delete a snapshot. Raises ProviderNotFoundError when it is already gone (an undo's success)."""
         self._send("DELETE", f"/v2/snapshots/{_path_segment(snapshot_id)}", model=None)
+
+    # --- domain records --------------------------------------------------------------------------
+
+    def list_domain_records(
+        self, domain: str, *, name: str | None = None, type: str | None = None
+    ) -> list[DomainRecord]:
+        """The domain's records, all pages. ``name`` is the *full* name (``www.example.com``, or the
+        domain itself for ``@`` records), as the API's filter wants it; ``type`` one of
+        ``DOMAIN_RECORD_TYPES`` (e.g. ``"A"``)."""
+        if type is not None and type not in DOMAIN_RECORD_TYPES:
+            raise InputError(
+                f"a DNS record type must be one of {', '.join(DOMAIN_RECORD_TYPES)}, not {type!r}"
+            )
+        params = {k: v for k, v in (("name", name), ("type", type)) if v is not None}
+        pages = self._paginate(_domain_records_path(domain), params, DomainRecordPage, max_pages=None)
+        return [record for page in pages for record in page.domain_records]
+
+    def create_domain_record(self, domain: str, req: DomainRecordCreateRequest) -> DomainRecord:
+        """Create a record. A POST: an ambiguous outcome is ``AmbiguousWriteError`` and is never
+        re-sent (do not count on the API to deduplicate records); look the record up by name and data."""
+        return self._send(
+            "POST", _domain_records_path(domain), body=req, model=DomainRecordEnvelope
+        ).domain_record
+
+    def get_domain_record(self, domain: str, record_id: int) -> DomainRecord:
+        path = f"{_domain_records_path(domain)}/{_id(record_id)}"
+        return self._send("GET", path, model=DomainRecordEnvelope).domain_record
+
+    def delete_domain_record(self, domain: str, record_id: int) -> None:
+        """Delete a record. Raises ProviderNotFoundError when it is already gone (an undo's success)."""
+        self._send("DELETE", f"{_domain_records_path(domain)}/{_id(record_id)}", model=None)
 
     # --- the transport edge ----------------------------------------------------------------------
 
@@ -481,6 +525,13 @@ def _id(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"a DigitalOcean id must be a positive integer, not {value!r}")
     return value
+
+
+def _domain_records_path(domain: str) -> str:
+    name = domain.strip().rstrip(".") if isinstance(domain, str) else ""
+    if not name or "/" in name or any(c.isspace() for c in name):
+        raise InputError(f"a domain name must be a non-empty name like example.com, not {domain!r}")
+    return f"/v2/domains/{_path_segment(name)}/records"
 
 
 def _page_key(path: str, query: dict[str, str | int]) -> tuple[str, frozenset[tuple[str, str]]]:

@@ -12,9 +12,9 @@ official spec on its own.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ActionStatus = Literal["in-progress", "completed", "errored"]
 
@@ -63,6 +63,11 @@ class Droplet(_ResponseModel):
     status: str
     locked: bool
     size_slug: str
+    memory: int
+    """Megabytes of RAM of the current size."""
+    vcpus: int
+    disk: int
+    """Gigabytes of disk; it only grows (a ``resize`` with ``disk: true``), unlike memory and vcpus."""
     region: RegionRef
     image: ImageRef
     tags: list[str] = Field(default_factory=list)
@@ -117,6 +122,28 @@ class Snapshot(_ResponseModel):
         return value
 
 
+class DomainRecord(_ResponseModel):
+    """A DNS record of a domain. ``name`` is relative to the domain (``www``, or ``@`` for the apex);
+    attributes a type does not use are null (``priority`` outside MX/SRV, ``port``/``weight`` outside SRV,
+    ``flags``/``tag`` outside CAA)."""
+
+    id: int
+    type: str
+    name: str
+    data: str
+    ttl: int | None = None
+    priority: int | None = None
+    port: int | None = None
+    weight: int | None = None
+    flags: int | None = None
+    tag: str | None = None
+
+    def fqdn(self, domain: str) -> str:
+        """The full name the listing's ``name`` filter matches: ``www.example.com``, or the domain for ``@``."""
+        domain = domain.rstrip(".").lower()
+        return domain if self.name == "@" else f"{self.name}.{domain}".lower()
+
+
 class ErrorBody(_ResponseModel):
     """DigitalOcean's error envelope: ``{"id": "not_found", "message": ..., "request_id": ...}``."""
 
@@ -167,7 +194,18 @@ class SnapshotPage(Page):
     snapshots: list[Snapshot]
 
 
+class DomainRecordEnvelope(_ResponseModel):
+    domain_record: DomainRecord
+
+
+class DomainRecordPage(Page):
+    domain_records: list[DomainRecord]
+
+
 # --- requests ------------------------------------------------------------------------------------
+
+DomainRecordType = Literal["A", "AAAA", "CAA", "CNAME", "MX", "NS", "SOA", "SRV", "TXT"]
+"""The record types the API knows (the spec's enum for the listing's ``type`` filter)."""
 
 
 class DropletCreateRequest(_RequestModel):
@@ -228,3 +266,27 @@ DropletActionRequest = Annotated[
     Field(discriminator="type"),
 ]
 """Any droplet action we send; ``type`` picks the variant when validating from a dict."""
+
+
+class DomainRecordCreateRequest(_RequestModel):
+    """``POST /v2/domains/{domain}/records``. ``name`` is relative to the domain (``www``, ``@``); for
+    CNAME, MX and NS records ``data`` is a hostname ending in a dot (``app.example.com.``) or ``@``."""
+
+    type: Literal["A", "AAAA", "CAA", "CNAME", "MX", "NS", "SRV", "TXT"]
+    name: str = Field(min_length=1, max_length=253)
+    data: str = Field(min_length=1)
+    ttl: int | None = Field(default=None, ge=30)
+    """Seconds; None leaves the API's default (1800)."""
+    priority: int | None = Field(default=None, ge=0, le=65535)
+    port: int | None = Field(default=None, ge=0, le=65535)
+    weight: int | None = Field(default=None, ge=0, le=65535)
+    flags: int | None = Field(default=None, ge=0, le=255)
+    tag: Literal["issue", "issuewild", "iodef"] | None = None
+
+    @model_validator(mode="after")
+    def _type_needs(self) -> Self:
+        needs = {"MX": ("priority",), "SRV": ("priority", "port", "weight"), "CAA": ("flags", "tag")}
+        missing = [f for f in needs.get(self.type, ()) if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.type} record needs {', '.join(missing)}")
+        return self

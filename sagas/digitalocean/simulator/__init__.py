@@ -1,7 +1,7 @@
 """A faithful, in-memory DigitalOcean API v2 simulator served over real HTTP.
 
-Droplets, actions, snapshots and tags with the real API's timing and eventual consistency, per-token rate
-limits with the real headers, and fault injection through ``/_sim``. It shares no code or models with
+Droplets, actions, snapshots, tags and DNS records with the real API's timing and eventual consistency,
+per-token rate limits with the real headers, and fault injection through ``/_sim``. It shares no code or models with
 ``sagas.digitalocean.client``: both are checked against the official OpenAPI spec on their own.
 See ``docs/simulator.md``.
 """

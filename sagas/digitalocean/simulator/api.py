@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .dns import parse_type_filter
 from .errors import bad_request, not_found
 from .pagination import paginate
 from .world import World
@@ -66,6 +67,10 @@ class V2Api:
             r("/v2/snapshots/{snapshot_id}", self.get_snapshot, methods=["GET"]),
             r("/v2/snapshots/{snapshot_id}", self.delete_snapshot, methods=["DELETE"]),
             r("/v2/images/{image_id}", self.get_image, methods=["GET"]),
+            r("/v2/domains/{domain_name}/records", self.list_domain_records, methods=["GET"]),
+            r("/v2/domains/{domain_name}/records", self.create_domain_record, methods=["POST"]),
+            r("/v2/domains/{domain_name}/records/{record_id}", self.get_domain_record, methods=["GET"]),
+            r("/v2/domains/{domain_name}/records/{record_id}", self.delete_domain_record, methods=["DELETE"]),
         ]
 
     # ------------------------------------------------------------ actions
@@ -149,3 +154,29 @@ class V2Api:
 
     async def get_image(self, request: Request) -> Response:
         return JSONResponse({"image": self.world.get_image(request.path_params["image_id"])})
+
+    # ------------------------------------------------------------ domain records
+
+    async def list_domain_records(self, request: Request) -> Response:
+        q = request.query_params
+        records = self.world.list_domain_records(
+            request.path_params["domain_name"],
+            name=q.get("name") or None,
+            type=parse_type_filter(q.get("type")),
+        )
+        return JSONResponse(paginate(request, "domain_records", records))
+
+    async def create_domain_record(self, request: Request) -> Response:
+        body = await _json_body(request)
+        record = self.world.create_domain_record(request.path_params["domain_name"], body)
+        return JSONResponse({"domain_record": record}, status_code=201)
+
+    async def get_domain_record(self, request: Request) -> Response:
+        record_id = parse_id(request.path_params["record_id"])
+        record = self.world.get_domain_record(request.path_params["domain_name"], record_id)
+        return JSONResponse({"domain_record": record})
+
+    async def delete_domain_record(self, request: Request) -> Response:
+        record_id = parse_id(request.path_params["record_id"])
+        self.world.delete_domain_record(request.path_params["domain_name"], record_id)
+        return _no_content()

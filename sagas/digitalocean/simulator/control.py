@@ -1,4 +1,4 @@
-"""The ``/_sim`` control endpoints: faults, live config, state dump, reset and droplet seeding.
+"""The ``/_sim`` control endpoints: faults, live config, state dump, reset, droplet and domain seeding.
 
 No authentication, no rate limiting, no fault injection. Documented with curl examples in
 ``docs/simulator.md``.
@@ -63,6 +63,7 @@ class ControlApi:
             Route("/_sim/config", self.update_config, methods=["POST"]),
             Route("/_sim/reset", self.reset, methods=["POST"]),
             Route("/_sim/droplets", self.seed_droplet, methods=["POST"]),
+            Route("/_sim/domains", self.seed_domain, methods=["POST"]),
         ]
 
     async def list_faults(self, request: Request) -> Response:
@@ -101,3 +102,9 @@ class ControlApi:
         if not isinstance(body, dict):
             raise bad_request("The droplet must be a JSON object.")
         return JSONResponse({"droplet": self.sim.world.seed_droplet(body)}, status_code=201)
+
+    async def seed_domain(self, request: Request) -> Response:
+        body = await _body(request)
+        if not isinstance(body, dict):
+            raise bad_request("The domain must be a JSON object.")
+        return JSONResponse({"domain": self.sim.world.seed_domain(body)}, status_code=201)

@@ -1,4 +1,4 @@
-"""The simulator's in-memory records: droplets, actions and snapshots.
+"""The simulator's in-memory records: droplets, actions, snapshots, domains and their DNS records.
 
 Times ending in ``_at`` are ``time.monotonic()`` values (wall seconds, already scaled); times ending in
 ``_wall`` are Unix timestamps used only for the ``created_at``/``started_at`` fields the API reports.
@@ -25,6 +25,8 @@ class Droplet:
     status: str = "new"
     backups: bool = False
     ipv6: bool = False
+    disk_resized: bool = False
+    """A ``resize`` with ``disk: true`` completed (the disk grew; it can never shrink back)."""
     action_ids: list[int] = field(default_factory=list)
     deleted_at: float | None = None
     gone_at: float | None = None
@@ -79,3 +81,27 @@ class Snapshot:
     def exists(self, now: float) -> bool:
         """Answers ``GET /v2/snapshots/{id}`` and can be deleted."""
         return now >= self.visible_at and self.deleted_at is None
+
+
+@dataclass
+class DomainRecord:
+    id: int
+    domain: str
+    type: str
+    name: str
+    """Relative to the domain, as the API shows it: ``www``, or ``@`` for the apex."""
+    data: str
+    ttl: int
+    priority: int | None = None
+
+    @property
+    def fqdn(self) -> str:
+        """The full name the ``?name=`` filter matches: ``www.example.com``, or ``example.com`` for ``@``."""
+        return self.domain if self.name == "@" else f"{self.name}.{self.domain}"
+
+
+@dataclass
+class Domain:
+    name: str
+    ttl: int = 1800
+    records: dict[int, DomainRecord] = field(default_factory=dict)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .catalog import SIZES, region_json, size_json
-from .records import Action, Droplet, Snapshot
+from .records import Action, DomainRecord, Droplet, Snapshot
 
 
 def iso(wall: float) -> str:
@@ -145,4 +145,20 @@ def snapshot_image_json(s: Snapshot) -> dict[str, Any]:
         "tags": [],
         "status": "available",
         "error_message": "",
+    }
+
+
+def domain_record_json(r: DomainRecord) -> dict[str, Any]:
+    """A domain record: every attribute present, ``null`` where the type does not use it."""
+    return {
+        "id": r.id,
+        "type": r.type,
+        "name": r.name,
+        "data": r.data,
+        "priority": r.priority,
+        "port": None,
+        "ttl": r.ttl,
+        "weight": None,
+        "flags": None,
+        "tag": None,
     }

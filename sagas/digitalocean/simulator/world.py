@@ -1,4 +1,5 @@
-"""The simulated DigitalOcean account: droplets, actions, snapshots and tags, and how they change over time.
+"""The simulated DigitalOcean account: droplets, actions, snapshots, tags, domains and DNS records, and how
+they change over time.
 
 Every public method takes the lock, brings the world up to date and returns JSON-ready dicts, so the
 HTTP layer stays thin and tests may read the world from another thread. Nothing runs in the background:
@@ -27,10 +28,12 @@ from .catalog import (
     base_image_json,
 )
 from .config import SimulatorConfig
+from .dns import NAME_SERVERS, RecordSpec, normalize_domain, parse_domain_name, parse_record
 from .errors import ApiError, not_found, unprocessable
-from .records import Action, Droplet, Snapshot
+from .records import Action, Domain, DomainRecord, Droplet, Snapshot
 from .views import (
     action_json,
+    domain_record_json,
     droplet_json,
     droplet_snapshot_json,
     iso,
@@ -64,6 +67,8 @@ POWERED_ON = "Droplet is currently on. Please power it off to run this event."
 FIRST_DROPLET_ID = 3164444
 FIRST_ACTION_ID = 36804636
 FIRST_SNAPSHOT_ID = 67512819
+FIRST_RECORD_ID = 28448429
+CNAME_CONFLICT = "CNAME records cannot share a name with other records."
 
 
 class World:
@@ -76,6 +81,7 @@ class World:
         self._droplet_ids = itertools.count(FIRST_DROPLET_ID)
         self._action_ids = itertools.count(FIRST_ACTION_ID)
         self._snapshot_ids = itertools.count(FIRST_SNAPSHOT_ID)
+        self._record_ids = itertools.count(FIRST_RECORD_ID)
         self._seq = itertools.count()
         self._clear()
 
@@ -84,6 +90,7 @@ class World:
         self._actions: dict[int, Action] = {}
         self._snapshots: dict[int, Snapshot] = {}
         self._tags: set[str] = set()
+        self._domains: dict[str, Domain] = {}
         self._events: list[tuple[float, int, Callable[[float], None]]] = []
         self.writes: Counter[str] = Counter()
 
@@ -299,6 +306,7 @@ class World:
             d.size_slug = params["size"]
             if params.get("disk"):
                 d.disk = SIZES[d.size_slug].disk
+                d.disk_resized = True
         elif kind in ("rebuild", "restore"):
             d.image = params["image"]
         elif kind == "rename":
@@ -346,8 +354,12 @@ class World:
             image = self._resolve_image(body.get("image"), now)
             if image is None:
                 raise unprocessable(f"You specified an invalid image for Droplet {kind}.")
-            if kind == "restore" and image.get("type") != "snapshot":
-                raise unprocessable("You can only restore a Droplet from one of its snapshots or backups.")
+            if kind == "restore":
+                snap = self._snapshots.get(int(image["id"])) if image.get("type") == "snapshot" else None
+                if snap is None or snap.droplet_id != d.id:
+                    raise unprocessable(
+                        "You can only restore a Droplet from one of its snapshots or backups."
+                    )
             return {"image": image}
         if kind == "rename":
             name = body.get("name")
@@ -450,6 +462,86 @@ class World:
                 raise not_found()
             return found
 
+    # ---------------------------------------------------------------- domains and DNS records
+
+    def _domain(self, name: str) -> Domain:
+        dom = self._domains.get(normalize_domain(name))
+        if dom is None:
+            raise not_found()
+        return dom
+
+    def _add_record(self, dom: Domain, spec: RecordSpec) -> DomainRecord:
+        record = DomainRecord(
+            id=next(self._record_ids),
+            domain=dom.name,
+            type=spec.type,
+            name=spec.name,
+            data=spec.data,
+            ttl=spec.ttl,
+            priority=spec.priority,
+        )
+        dom.records[record.id] = record
+        return record
+
+    def seed_domain(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /_sim/domains``: a domain with its SOA and NS records (and an apex A for ``ip_address``),
+        as ``POST /v2/domains`` would leave it. Not counted as a write."""
+        with self._lock:
+            name = parse_domain_name(body.get("name"))
+            if name in self._domains:
+                raise unprocessable(f"The domain {name} already exists.")
+            ip = body.get("ip_address")
+            dom = Domain(name=name)
+            specs = [RecordSpec("SOA", "@", str(dom.ttl), dom.ttl, None)]
+            specs += [RecordSpec("NS", "@", ns, dom.ttl, None) for ns in NAME_SERVERS]
+            if ip is not None:
+                specs.append(parse_record({"type": "A", "name": "@", "data": ip}))
+            for spec in specs:
+                self._add_record(dom, spec)
+            self._domains[name] = dom
+            return {"name": name, "ttl": dom.ttl, "zone_file": ""}
+
+    def list_domain_records(
+        self, domain: str, *, name: str | None = None, type: str | None = None
+    ) -> list[dict[str, Any]]:
+        """``GET /v2/domains/{domain}/records``, oldest first; ``name`` is a full name (``www.example.com``)."""
+        with self._lock:
+            dom = self._domain(domain)
+            want = normalize_domain(name) if name is not None else None
+            return [
+                domain_record_json(r)
+                for _, r in sorted(dom.records.items())
+                if (want is None or r.fqdn.lower() == want) and (type is None or r.type == type)
+            ]
+
+    def create_domain_record(self, domain: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v2/domains/{domain}/records``: 404 for an unknown domain, 422 for an invalid record."""
+        with self._lock:
+            dom = self._domain(domain)
+            spec = parse_record(body)
+            key = spec.name.lower()
+            for other in dom.records.values():
+                same_name = other.name.lower() == key
+                if same_name and "CNAME" in (spec.type, other.type):
+                    raise unprocessable(CNAME_CONFLICT)
+            record = self._add_record(dom, spec)
+            self.writes[f"dns:{record.type}:{record.fqdn}"] += 1
+            return domain_record_json(record)
+
+    def get_domain_record(self, domain: str, record_id: int) -> dict[str, Any]:
+        with self._lock:
+            record = self._domain(domain).records.get(record_id)
+            if record is None:
+                raise not_found()
+            return domain_record_json(record)
+
+    def delete_domain_record(self, domain: str, record_id: int) -> None:
+        with self._lock:
+            dom = self._domain(domain)
+            if dom.records.pop(record_id, None) is None:
+                raise not_found()
+            self.writes[f"delete_dns_record:{record_id}"] += 1
+
     # ---------------------------------------------------------------- introspection
 
     def dump(self) -> dict[str, Any]:
@@ -461,6 +553,7 @@ class World:
                 view = self._droplet_view(d, now)
                 view["deleted"] = d.deleted_at is not None
                 view["visible"] = d.lingering(now)
+                view["disk_resized"] = d.disk_resized
                 droplets.append(view)
             snapshots = [
                 {
@@ -479,6 +572,14 @@ class World:
                 "snapshots": snapshots,
                 "actions": actions,
                 "tags": sorted(self._tags),
+                "domains": [
+                    {
+                        "name": dom.name,
+                        "ttl": dom.ttl,
+                        "records": [domain_record_json(r) for _, r in sorted(dom.records.items())],
+                    }
+                    for _, dom in sorted(self._domains.items())
+                ],
                 "writes": dict(self.writes),
             }
 
