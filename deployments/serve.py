@@ -20,6 +20,15 @@ def main() -> None:
     for kind in FLOWS:
         flow, _ = flow_for(kind)
         deployments.append(flow.to_deployment(name=kind, tags=["arcadia-sagas"]))
+    from flows.fleet import fleet_snapshot
+    from flows.recovery import recovery_sweep
+
+    deployments.append(recovery_sweep.to_deployment(name="recovery-sweep", interval=60))
+    deployments.append(
+        fleet_snapshot.to_deployment(
+            name="fleet-snapshot", cron="0 3 * * *", parameters={"params": {"tag": "nightly-snapshot"}}
+        )
+    )
     serve(*deployments)
 
 

@@ -11,16 +11,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from flows.visibility import publish
 from sagas.context import Provisioning
-from sagas.errors import InputError, ResourceBusyError, SagaBusyError, SagaError
+from sagas.errors import ConfigurationError, InputError, ResourceBusyError, SagaBusyError, SagaError
 from sagas.ledger.database import engine_for
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun, SagaStatus
 from sagas.runner import Invoke, Mode, Runner, invoke_directly
 from sagas.services import Services
-from sagas.settings import Settings, load_settings
+from sagas.settings import Settings, TokenPurpose, load_settings
 from sagas.steps import Catalog
 from tasks.registry import catalog
 
@@ -34,10 +35,38 @@ class App:
     catalog: Catalog
 
     def runner(self, invoke: Invoke[Any] = invoke_directly) -> Runner:
-        return Runner(self.ledger, self.catalog, Services(self.settings), invoke)
+        services = Services(
+            self.settings, token_source=lambda purpose: secret_block_token(self.settings, purpose)
+        )
+        return Runner(self.ledger, self.catalog, services, invoke)
 
     def provisioning(self) -> Provisioning:
         return Provisioning(self.ledger, self.catalog)
+
+
+def secret_block_token(settings: Settings, purpose: TokenPurpose) -> SecretStr | None:
+    """The token from the Prefect Secret block named in settings, if one is named.
+
+    The value goes straight into a SecretStr and from there into the client's header: it is
+    never a flow parameter, never logged, never in an artifact.
+    """
+    block = (
+        settings.do_token_provisioning_block
+        if purpose is TokenPurpose.PROVISIONING
+        else settings.do_token_read_block
+    )
+    if not block:
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        secret: Any = Secret.load(block)  # sync context: the block itself, not a coroutine
+        value = secret.get()
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"no Prefect Secret block named {block!r}: create it, or unset the setting"
+        ) from exc
+    return SecretStr(str(value))
 
 
 def build_app(settings: Settings | None = None) -> App:
@@ -95,6 +124,7 @@ def run_saga_flow(
         _rejected_here.add(run_id)  # this run drove nothing: its hooks must not touch the saga
         raise
     _ran_here[run_id] = saga.id
+    publish(app.ledger, result)
     if result.status is SagaStatus.COMPENSATING:
         raise SagaDidNotComplete(f"saga {saga.id} is rolling back: {result.error}")
     if result.status is not SagaStatus.COMPLETED:
@@ -154,6 +184,7 @@ def _roll_back(flow_run: Any, reason: str, *, cancel: bool) -> None:
         )
         return
     _log.info("saga %s is %s", saga.id, final.status.value)
+    publish(app.ledger, final)
 
 
 def on_failure_compensate(flow: Any, flow_run: Any, state: Any) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
 from sagas.settings import Settings, TokenPurpose
 
 if TYPE_CHECKING:
@@ -22,6 +24,8 @@ class Services:
     settings: Settings
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
+    # Where tokens come from before the environment (flows plug in Prefect Secret blocks).
+    token_source: Callable[[TokenPurpose], SecretStr | None] | None = None
     _clients: dict[TokenPurpose, DigitalOceanClient] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -32,6 +36,9 @@ class Services:
             client = self._clients.get(purpose)
             if client is None:
                 s = self.settings
+                token = self.token_source(purpose) if self.token_source is not None else None
+                if token is not None:
+                    s = s.model_copy(update={f"do_token_{purpose.value}": token})
                 retry = RetryPolicy(
                     attempts=s.do_retry_attempts,
                     base_delay=s.do_retry_base_seconds,

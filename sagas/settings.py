@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     do_token_provisioning: SecretStr | None = None
     do_token_read: SecretStr | None = None
     do_timeout_seconds: float = Field(default=30.0, gt=0)
+    do_rate_limit_per_minute: int = Field(default=250, ge=1, description="The account's limit, shared per token.")
+    do_rate_limit_per_hour: int = Field(default=5000, ge=1)
+    do_rate_window_scale: float = Field(
+        default=1.0, gt=0, description="Shrink the rate windows (for a simulator whose time runs faster)."
+    )
     do_retry_attempts: int = Field(default=4, ge=1, description="Tries of a safe request (GET, DELETE).")
     do_retry_base_seconds: float = Field(default=0.5, ge=0)
     do_retry_max_seconds: float = Field(default=8.0, ge=0)
@@ -63,6 +68,15 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="Graceful shutdown, then power_off."
     )
     snapshot_listing_timeout_seconds: float = Field(default=120.0, gt=0)
+    recovery_pending_grace_seconds: float = Field(
+        default=300.0, ge=0, description="A pending saga is recovered only once it is this old."
+    )
+    do_token_provisioning_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding the provisioning token."
+    )
+    do_token_read_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding the read token."
+    )
     compensation_attempts: int = Field(default=5, ge=1)
     forward_attempts: int = Field(default=5, ge=1, description="Tries of a step after the pivot.")
     compensation_backoff_seconds: float = Field(default=2.0, ge=0)

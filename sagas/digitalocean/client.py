@@ -148,7 +148,13 @@ class DigitalOceanClient:
             headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
             follow_redirects=False,
         )
-        client = cls(http, token, budget=budget_for_token(token), retry=retry)
+        budget = budget_for_token(
+            token,
+            settings.do_rate_limit_per_minute,
+            settings.do_rate_limit_per_hour,
+            scale=settings.do_rate_window_scale,
+        )
+        client = cls(http, token, budget=budget, retry=retry)
         client._owns_http = True
         return client
 

@@ -123,14 +123,17 @@ def _token_key(token: SecretStr) -> str:
     return hashlib.sha256(token.get_secret_value().encode()).hexdigest()
 
 
-def budget_for_token(token: SecretStr, per_minute: int = 250, per_hour: int = 5000) -> RateBudget:
-    """The one budget of this token in this process, created on first use.
+def budget_for_token(
+    token: SecretStr, per_minute: int = 250, per_hour: int = 5000, *, scale: float = 1.0
+) -> RateBudget:
+    """The one budget of this token (and these limits) in this process, created on first use.
 
-    The limits of the first call win: the provider's limit is per token, not per caller.
+    The provider's limit is per token, not per caller: every client of the token shares it.
+    ``scale`` is for simulators whose time runs faster (their windows shrink with it).
     """
-    key = _token_key(token)
+    key = f"{_token_key(token)}:{per_minute}:{per_hour}:{scale}"
     with _registry_lock:
         budget = _registry.get(key)
         if budget is None:
-            budget = _registry[key] = RateBudget(per_minute, per_hour)
+            budget = _registry[key] = RateBudget(per_minute, per_hour, scale=scale)
         return budget

@@ -1,0 +1,96 @@
+"""Nightly fleet snapshots: one snapshot saga per droplet carrying a tag, concurrency-bounded.
+
+Every saga shares the process's DigitalOcean rate budget (250 requests a minute, 5,000 an hour,
+per token), so a large fleet slows down instead of meeting 429s. A droplet held by another saga
+(a suspend in progress, say) is skipped and reported, not waited for. Saga ids derive from the
+flow run and the droplet, so a retried flow run resumes its sagas instead of doubling them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.app import App, build_app
+from sagas.errors import ResourceBusyError, SagaBusyError, SagaError
+from sagas.runner import Mode
+from sagas.settings import TokenPurpose
+
+_FLEET_NAMESPACE = uuid.UUID("5d6c8f7e-3a57-4c4b-9d55-7a1f0e0c2b11")
+
+
+class FleetParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = Field(
+        pattern=r"^[a-zA-Z0-9_\-:]{1,255}$", description="Snapshot every droplet carrying this tag."
+    )
+    max_concurrency: int = Field(default=5, ge=1, le=50, description="Sagas running at once.")
+    label: str | None = Field(
+        default="nightly", pattern=r"^[a-z0-9][a-z0-9-]{0,39}$", description="Snapshot name suffix."
+    )
+    triggered_by: str = Field(default="schedule:fleet-snapshot", min_length=1, max_length=200)
+
+
+def _snapshot_one(app: App, params: FleetParameters, droplet_id: int, run_key: str) -> dict[str, Any]:
+    saga_id = uuid.uuid5(_FLEET_NAMESPACE, f"{run_key}:{params.tag}:{droplet_id}")
+    inputs: dict[str, Any] = {"droplet_id": droplet_id}
+    if params.label:
+        inputs["label"] = params.label
+    try:
+        saga = app.provisioning().create_saga(
+            "snapshot", inputs, saga_id=saga_id, triggered_by=params.triggered_by
+        )
+    except ResourceBusyError as exc:
+        return {"droplet": droplet_id, "saga": "", "status": "skipped", "detail": str(exc)}
+    runner = app.runner()
+    try:
+        final = runner.advance(saga.id, Mode.FULL)
+    except SagaBusyError as exc:
+        return {"droplet": droplet_id, "saga": str(saga.id), "status": "busy", "detail": str(exc)}
+    except SagaError as exc:
+        return {"droplet": droplet_id, "saga": str(saga.id), "status": "error", "detail": str(exc)}
+    finally:
+        runner.services.close()
+    snapshot = final.context.get("create_droplet_snapshot", {}).get("snapshot_name", "")
+    return {
+        "droplet": droplet_id,
+        "saga": str(saga.id),
+        "status": final.status.value,
+        "detail": final.error or snapshot,
+    }
+
+
+@flow(name="fleet-snapshot", log_prints=False)
+def fleet_snapshot(params: FleetParameters) -> dict[str, Any]:
+    """Snapshot every droplet with the tag; a table artifact lists each droplet's outcome."""
+    from prefect.artifacts import create_table_artifact
+
+    app = build_app()
+    reader = app.runner().services
+    try:
+        droplets = sorted(
+            d.id for d in reader.digitalocean(TokenPurpose.READ).list_droplets(tag_name=params.tag)
+        )
+    finally:
+        reader.close()
+    run_key = str(flow_run.id or uuid.uuid4())
+    with ThreadPoolExecutor(max_workers=params.max_concurrency, thread_name_prefix="fleet") as pool:
+        outcomes = list(pool.map(lambda d: _snapshot_one(app, params, d, run_key), droplets))
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
+    create_table_artifact(
+        key=f"fleet-snapshot-{params.tag.lower().replace('_', '-').replace(':', '-')}",
+        table=outcomes,
+        description=f"**fleet snapshot of tag {params.tag}**: "
+        + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())),
+    )
+    if counts.get("completed", 0) != len(droplets):
+        raise SagaError(f"fleet snapshot of {params.tag}: not every droplet completed ({counts})")
+    return {"droplets": len(droplets), "outcomes": counts}

@@ -1,0 +1,68 @@
+"""What a saga shows in Prefect: a table artifact with its ledger, and an event when it ends.
+
+An automation can match ``arcadia.saga.compensation_failed`` (see deployments/automations/) to
+page someone. Only ledger data is published: step names, statuses, idempotency keys, resource ids
+and errors, never settings or tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from sagas.ledger.store import Ledger
+from sagas.models import SagaRun, SagaStatus
+
+_log = logging.getLogger("sagas.flows")
+ANNOUNCED = (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.COMPENSATION_FAILED, SagaStatus.FAILED)
+EVENT_PREFIX = "arcadia.saga"
+
+
+def ledger_rows(ledger: Ledger, saga: SagaRun) -> list[dict[str, Any]]:
+    return [
+        {
+            "step": f"{s.step_idx}. {s.step_name}",
+            "status": s.status.value,
+            "idempotency key": s.idempotency_key or "",
+            "resources": json.dumps(
+                {
+                    k: v
+                    for k, v in s.output.items()
+                    if k.endswith("_id") or k in ("snapshot_name", "fqdn", "name")
+                },
+                sort_keys=True,
+            ),
+            "attempts": s.attempts,
+            "undo attempts": s.compensation_attempts,
+            "error": s.error or "",
+        }
+        for s in ledger.list_step_results(saga.id)
+    ]
+
+
+def publish(ledger: Ledger, saga: SagaRun) -> None:
+    """Publish the saga's ledger as an artifact and, on a final status, emit its event."""
+    from prefect.artifacts import create_table_artifact
+    from prefect.events import emit_event
+
+    try:
+        create_table_artifact(
+            key=f"saga-{saga.id}",
+            table=ledger_rows(ledger, saga),
+            description=f"**{saga.kind} saga {saga.id}: {saga.status.value}**"
+            + (f"\n\n{saga.error}" if saga.error else ""),
+        )
+        if saga.status in ANNOUNCED:
+            emit_event(
+                event=f"{EVENT_PREFIX}.{saga.status.value}",
+                resource={
+                    "prefect.resource.id": f"{EVENT_PREFIX}.{saga.id}",
+                    "prefect.resource.name": f"{saga.kind} saga {saga.id}",
+                    "arcadia.saga.kind": saga.kind,
+                    "arcadia.saga.resource": saga.resource or "",
+                },
+                payload={"status": saga.status.value, "error": saga.error, "triggered_by": saga.triggered_by},
+            )
+    except Exception as exc:  # visibility must never change a saga's outcome
+        _log.warning("could not publish saga %s to Prefect: %s", saga.id, exc)
