@@ -60,3 +60,19 @@ def test_sweep_finishes_dead_runners_sagas_and_skips_the_rest(
     again = sweep(ledger, lambda: make_runner(ledger, settings), pending_grace_seconds=0)
     assert again.finished == {str(fresh): "completed"}
     assert ledger.get_saga(held).status is SagaStatus.PENDING
+
+
+def test_example_automation_matches_the_event_sagas_emit() -> None:
+    from pathlib import Path
+
+    import yaml
+    from prefect.events.schemas.automations import AutomationCore
+
+    from flows.visibility import EVENT_PREFIX
+
+    spec = yaml.safe_load(
+        (Path(__file__).parent.parent / "deployments/automations/compensation-failed.yaml").read_text()
+    )
+    automation = AutomationCore.model_validate(spec)
+    assert automation.trigger.expect == {f"{EVENT_PREFIX}.compensation_failed"}  # type: ignore[union-attr]
+    assert automation.actions[0].type == "send-notification"
