@@ -1,15 +1,23 @@
 """The ``sagas`` command: parse, build the dependencies, call the code the flows call.
 
 Exit codes scripts can rely on:
-  0  done (for ``run``/``resume``: the saga completed; for ``cancel``: the request was recorded)
-  1  the saga ended without completing (rolled_back, compensation_failed, failed)
-  2  bad input: nothing was written
+  0  done: ``run``/``resume``: the saga completed; ``cancel``: the request was recorded (or the
+     saga rolled back); ``retry-compensation``: the saga is now rolled_back; ``resolve``: the saga
+     is now resolved; ``orphans``: none found, or every one found was deleted; ``plan``, ``list``,
+     ``show``: printed
+  1  not done: the saga ended without completing (rolled_back, compensation_failed, failed,
+     resolved); ``retry-compensation``: an undo failed again; ``orphans``: orphans remain (listed
+     without ``--delete``, deletion declined, or a deletion failed)
+  2  bad input, nothing was written: a malformed id, bad JSON or inputs, an empty ``--note``, or
+     a command that does not apply to the saga's status (``retry-compensation`` on anything but
+     compensation_failed; ``resolve`` on a completed, rolled_back or resolved saga)
   3  busy: another runner holds the saga; nothing was written
   4  no such saga
   5  the ledger, a setting or the provider failed
 
 This module imports the flows (and so Prefect) only inside the commands that run one: the
-composition root may look down every layer, nothing below it looks up.
+composition root may look down every layer, nothing below it looks up. The operator commands
+(``plan``, ``resolve``, ``retry-compensation``, ``orphans``) are thin over ``sagas.operator``.
 """
 
 from __future__ import annotations
@@ -17,20 +25,24 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from sagas.errors import (
     ConfigurationError,
     InputError,
     LedgerError,
     ProviderError,
+    ResourceBusyError,
     SagaBusyError,
     SagaError,
     SagaNotFoundError,
@@ -39,6 +51,7 @@ from sagas.models import SagaRun, SagaStatus, StepResult
 
 if TYPE_CHECKING:
     from flows.app import App
+    from sagas.operator import Orphan
 
 EXIT_OK, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_NOT_FOUND, EXIT_FAILURE = range(6)
 
@@ -49,6 +62,14 @@ db_app = typer.Typer(no_args_is_help=True, help="The ledger database.")
 app.add_typer(db_app, name="db")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def _layout() -> None:
+    # Piped or captured output has no terminal width to fit: lay tables out wide, so that ids and
+    # names stay whole for grep. A terminal keeps its own width.
+    if not out.is_terminal:
+        out.width = 200
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -63,7 +84,7 @@ def _errors() -> Iterator[None]:
         yield
     except InputError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
-    except SagaBusyError as exc:
+    except (SagaBusyError, ResourceBusyError) as exc:
         _fail(EXIT_BUSY, str(exc))
     except SagaNotFoundError as exc:
         _fail(EXIT_NOT_FOUND, str(exc))
@@ -110,6 +131,9 @@ def run(
     ] = None,
     triggered_by: Annotated[str, typer.Option(help="Who asked, recorded in the ledger.")] = "cli",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    wait: Annotated[
+        float, typer.Option(help="If another saga holds the droplet, wait up to this many seconds.")
+    ] = 0.0,
 ) -> None:
     """Run a saga through its Prefect flow; exit 0 only when it completed."""
     with _errors():
@@ -120,7 +144,15 @@ def run(
 
         # Validate everything before Prefect or the ledger is touched.
         new = catalog().new_saga(kind, parsed, steps=step_list, saga_id=chosen_id, triggered_by=triggered_by)
-        saga = run_flow(new.kind, new.inputs, list(new.step_names), new.id, triggered_by)
+        deadline = time.monotonic() + max(wait, 0.0)
+        while True:
+            try:
+                saga = run_flow(new.kind, new.inputs, list(new.step_names), new.id, triggered_by)
+                break
+            except ResourceBusyError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
         _print_saga(saga, _app().ledger.list_step_results(saga.id), as_json)
         raise typer.Exit(EXIT_OK if saga.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
 
@@ -137,7 +169,7 @@ def run_flow(
         params["steps"] = steps
     try:
         flow(parameters_model(**params))
-    except SagaBusyError:
+    except (SagaBusyError, ResourceBusyError):
         raise
     except SagaError as exc:
         if isinstance(exc, InputError):
@@ -157,6 +189,12 @@ def resume(
     with _errors():
         target = _parse_id(saga_id)
         application = _app()
+        before = application.ledger.get_saga(target)
+        if before.status.is_terminal:
+            # Nothing to do, so claim nothing and write nothing (a resolved saga stays resolved).
+            err.print(f"saga {target} is already {before.status.value}: nothing to resume", markup=False)
+            _print_saga(before, application.ledger.list_step_results(target), as_json)
+            raise typer.Exit(EXIT_OK if before.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
         runner = application.runner()
         try:
             saga = runner.advance(target)
@@ -192,6 +230,42 @@ def cancel(saga_id: Annotated[str, typer.Argument(help="The saga to cancel.")]) 
 
 # -- reading -----------------------------------------------------------------------------------
 
+_STYLES = {
+    "completed": "green",
+    "rolled_back": "yellow",
+    "compensated": "yellow",
+    "resolved": "cyan",
+    "compensation_failed": "bold red",
+    "failed": "bold red",
+    "compensating": "magenta",
+    "running": "blue",
+    "pending": "dim",
+    "skipped": "dim",
+}
+
+
+def _table(*headers: str, whole: tuple[str, ...] = ()) -> Table:
+    """A table that folds long cells instead of cutting them; ``whole`` columns are never broken."""
+    columns = [
+        Column(h, no_wrap=h in whole, min_width=36 if h in whole else None, overflow="fold") for h in headers
+    ]
+    return Table(*columns)
+
+
+def _status(value: str) -> Text:
+    return Text(value, style=_STYLES.get(value, ""))
+
+
+def _when(moment: datetime | None) -> str:
+    return "" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
+def _took(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    seconds = (end - start).total_seconds()
+    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
+
 
 @app.command("list")
 def list_sagas(
@@ -199,7 +273,7 @@ def list_sagas(
     kind: Annotated[str | None, typer.Option(help="Only sagas of this kind.")] = None,
     deployment: Annotated[str | None, typer.Option(help="Only sagas for this deployment id.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List sagas, newest first."""
     with _errors():
@@ -209,25 +283,27 @@ def list_sagas(
         if as_json:
             out.print_json(json.dumps([_saga_json(s) for s in sagas]))
             return
-        table = Table("id", "kind", "status", "created", "triggered by", "error")
+        table = _table("id", "kind", "status", "resource", "created", "error", whole=("id",))
         for s in sagas:
             table.add_row(
-                str(s.id),
-                s.kind,
-                s.status.value,
-                f"{s.created_at:%Y-%m-%d %H:%M:%S}",
-                s.triggered_by,
-                (s.error or "")[:60],
+                Text(str(s.id)),
+                Text(s.kind),
+                _status(s.status.value),
+                Text(s.resource or ""),
+                f"{s.created_at:%m-%d %H:%M}",
+                Text((s.error or "")[:60]),
             )
         out.print(table)
+        if not sagas:
+            err.print("no sagas match", markup=False)
 
 
 @app.command()
 def show(
     saga_id: Annotated[str, typer.Argument(help="The saga to show.")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Show a saga with every step: status, idempotency key, output, attempts, error."""
+    """Show a saga and every step: status, idempotency key, resource ids, attempts, errors, timings."""
     with _errors():
         provisioning = _app().provisioning()
         saga = provisioning.get_saga(saga_id)
@@ -239,9 +315,15 @@ def _saga_json(saga: SagaRun) -> dict[str, Any]:
     return data
 
 
+def _resource_ids(step: StepResult) -> dict[str, Any]:
+    """What the step made or acted on at the provider, as its output recorded it."""
+    return {k: v for k, v in sorted(step.output.items()) if k.endswith("_id") and v not in (None, "")}
+
+
 def _step_json(step: StepResult) -> dict[str, Any]:
     data = step.model_dump(mode="json", exclude={"saga_id"})
     data["name"] = data.pop("step_name")
+    data["resource_ids"] = _resource_ids(step)
     return data
 
 
@@ -249,23 +331,272 @@ def _print_saga(saga: SagaRun, steps: list[StepResult], as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps({**_saga_json(saga), "steps": [_step_json(s) for s in steps]}))
         return
-    out.print(f"saga {saga.id}  kind={saga.kind}  status={saga.status.value}", markup=False)
-    if saga.flow_run_id:
-        out.print(f"prefect flow run: {saga.flow_run_id}", markup=False)
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("saga", Text(str(saga.id)))
+    head.add_row("kind", Text(f"{saga.kind} v{saga.definition_version} ({', '.join(saga.step_names)})"))
+    head.add_row("status", _status(saga.status.value))
+    head.add_row("inputs", Text(json.dumps(saga.inputs, sort_keys=True)))
+    if saga.resource:
+        head.add_row("resource", Text(saga.resource))
+    head.add_row("triggered by", Text(saga.triggered_by))
+    head.add_row("prefect flow run", Text(str(saga.flow_run_id) if saga.flow_run_id else "(none)"))
+    head.add_row(
+        "timings",
+        Text(
+            f"created {_when(saga.created_at)}, started {_when(saga.started_at) or '-'},"
+            f" finished {_when(saga.finished_at) or '-'}"
+            + (f" ({_took(saga.started_at, saga.finished_at)})" if saga.finished_at else "")
+        ),
+    )
+    if saga.lease_expires_at is not None and saga.lease_owner is not None:
+        head.add_row("held", Text(f"by a runner, lease until {_when(saga.lease_expires_at)}"))
+    if saga.cancel_requested:
+        head.add_row("cancel", Text("requested"))
     if saga.error:
-        out.print(f"error: {saga.error}", markup=False)
-    table = Table("#", "step", "status", "idempotency key", "output", "attempts", "error")
+        head.add_row("error", Text(saga.error, style="red"))
+    if saga.status is SagaStatus.RESOLVED:
+        head.add_row("resolved", Text(f"by {saga.resolved_by} at {_when(saga.resolved_at)}"))
+        head.add_row("note", Text(saga.resolution_note or ""))
+    out.print(head)
+    # The step's name and its idempotency key share a column that is never broken: the key is
+    # what an operator searches the provider for. Errors go below the table, whole.
+    ids = max([len(f"{k}={v}") for s in steps for k, v in _resource_ids(s).items()] + [9])
+    table = Table(
+        "#",
+        Column("step / idempotency key", no_wrap=True, min_width=30, overflow="fold"),
+        Column("status", no_wrap=True),
+        Column("resources", no_wrap=True, min_width=min(ids, 22), overflow="fold"),
+        Column("tries", justify="right", no_wrap=True),
+        Column("timings", overflow="fold"),
+    )
+    errors = []
     for s in steps:
+        timings = []
+        if s.started_at:
+            took = _took(s.started_at, s.completed_at)
+            timings.append(f"ran {s.started_at:%H:%M:%S}" + (f" {took}" if took else ""))
+        if s.compensated_at:
+            timings.append(f"undone {s.compensated_at:%H:%M:%S}")
+        elif s.compensation_started_at:
+            timings.append(f"undo {s.compensation_started_at:%H:%M:%S}")
         table.add_row(
             str(s.step_idx),
-            s.step_name,
-            s.status.value,
-            s.idempotency_key or "",
-            json.dumps(s.output, sort_keys=True),
-            f"{s.attempts}/{s.compensation_attempts}",
-            s.error or "",
+            Text(f"{s.step_name}\n{s.idempotency_key or '-'}"),
+            _status(s.status.value),
+            Text("\n".join(f"{k}={v}" for k, v in _resource_ids(s).items())),
+            f"{s.attempts}/{s.compensation_attempts}" if s.compensation_attempts else str(s.attempts),
+            Text("\n".join(timings)),
         )
+        if s.error:
+            errors.append(Text.assemble(f"step {s.step_idx} {s.step_name}: ", (s.error, "red")))
+    recorded = {s.step_name for s in steps}
+    for idx, name in enumerate(saga.step_names):
+        if name not in recorded:
+            table.add_row(str(idx), Text(f"{name}\n(not started)"), _status("pending"), "", "0/0", "")
     out.print(table)
+    out.print("tries: runs/undos; times are the step's (dates in the saga's timings)", style="dim")
+    for line in errors:
+        out.print(line)
+
+
+# -- operators ---------------------------------------------------------------------------------
+
+
+@app.command("retry-compensation")
+def retry_compensation(
+    saga_id: Annotated[str, typer.Argument(help="A compensation_failed saga.")],
+    by: Annotated[str | None, typer.Option(help="Who retries it (default: your user name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Finish the rollback of a compensation_failed saga once the cause is fixed; exit 0 when rolled back."""
+    from sagas.operator import retry_compensation as retry
+
+    with _errors():
+        target = _parse_id(saga_id)
+        application = _app()
+        runner = application.runner()
+        try:
+            saga = retry(runner, target, by=by or application.settings.user)
+        finally:
+            runner.services.close()
+        _print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
+        if saga.status is not SagaStatus.ROLLED_BACK:
+            err.print(f"saga {saga.id} is {saga.status.value}: {saga.error}", markup=False)
+        raise typer.Exit(EXIT_OK if saga.status is SagaStatus.ROLLED_BACK else EXIT_NOT_COMPLETED)
+
+
+@app.command()
+def resolve(
+    saga_id: Annotated[str, typer.Argument(help="The saga an operator fixed by hand.")],
+    note: Annotated[str, typer.Option(help="What was done by hand, and why (required).")],
+    by: Annotated[str | None, typer.Option(help="Who resolved it (default: your user name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Mark a saga resolved by hand: terminal, recorded with who/when/why; frees its resource."""
+    from sagas.operator import resolve_saga
+
+    with _errors():
+        target = _parse_id(saga_id)
+        application = _app()
+        saga = resolve_saga(
+            application.ledger,
+            target,
+            by=by if by is not None else application.settings.user,
+            note=note,
+            lease_seconds=application.settings.lease_seconds,
+        )
+        _print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
+        if not as_json:
+            out.print(
+                f"saga {saga.id} resolved by {saga.resolved_by}; `sagas orphans` lists anything it left",
+                markup=False,
+            )
+
+
+@app.command()
+def plan(
+    kind: Annotated[str, typer.Argument(help="Saga kind, e.g. snapshot or test.")],
+    inputs: Annotated[
+        str, typer.Option(help="Inputs as a JSON object, e.g. '{\"droplet_id\": 123}'.")
+    ] = "{}",
+    steps: Annotated[str | None, typer.Option(help="For the test kind: step names, comma-separated.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Dry run: the steps a saga would run, the names they would use, and how each is undone.
+
+    Touches neither the provider nor the ledger.
+    """
+    from sagas.operator import plan_saga
+    from sagas.settings import load_settings
+    from tasks.registry import catalog
+
+    with _errors():
+        parsed = _parse_inputs(inputs)
+        step_list = [s.strip() for s in steps.split(",") if s.strip()] if steps is not None else None
+        planned = plan_saga(catalog(), kind, parsed, steps=step_list, prefix=load_settings().name_prefix)
+        if as_json:
+            out.print_json(planned.model_dump_json())
+            return
+        out.print(
+            f"plan for a {planned.kind} saga (v{planned.definition_version}) with inputs"
+            f" {json.dumps(planned.inputs, sort_keys=True)}",
+            markup=False,
+        )
+        out.print(
+            f"placeholder saga id {planned.placeholder_saga_id}: a real run gets its own id, so the"
+            " names below end differently",
+            markup=False,
+        )
+        if planned.resource:
+            out.print(
+                f"holds {planned.resource} while it runs (one unfinished saga per resource)", markup=False
+            )
+        # One block per step rather than a table: names must survive any terminal width whole.
+        for step in planned.steps:
+            out.print()
+            line = Text(f"{step.index}  {step.name}  ")
+            line.append(
+                step.reversibility.value, style="bold red" if step.reversibility == "pivot" else "bold"
+            )
+            out.print(line)
+            out.print(Text(f"   name: {step.idempotency_key}"))
+            out.print(Text(f"   does: {step.does}"))
+            out.print(Text(f"   undo: {step.compensation}"))
+        out.print()
+        out.print("nothing was written: not to the provider, not to the ledger", markup=False)
+
+
+@app.command()
+def orphans(
+    delete: Annotated[bool, typer.Option("--delete", help="Delete what is found (asks first).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="With --delete: do not ask.")] = False,
+    by: Annotated[str | None, typer.Option(help="Who deletes (default: your user name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Provider resources named or tagged for a saga that no saga owns; --delete removes them."""
+    import click
+
+    from sagas.operator import DeletionOutcome, delete_orphans, find_orphans
+    from sagas.services import Services
+    from sagas.settings import TokenPurpose
+
+    with _errors():
+        application = _app()
+        services = Services(application.settings)
+        try:
+            found = find_orphans(
+                application.ledger,
+                services.digitalocean(TokenPurpose.READ),
+                prefix=application.settings.name_prefix,
+            )
+            if not as_json:
+                _print_orphans(found)
+            if not delete or not found:
+                if as_json:
+                    out.print_json(json.dumps({"orphans": [_orphan_json(o) for o in found], "deletions": []}))
+                raise typer.Exit(EXIT_NOT_COMPLETED if found else EXIT_OK)
+            if not yes:
+                try:
+                    confirmed = typer.confirm(
+                        f"delete these {len(found)} resources at the provider?", default=False, err=True
+                    )
+                except click.exceptions.Abort:
+                    confirmed = False
+                if not confirmed:
+                    err.print("nothing deleted", markup=False)
+                    if as_json:
+                        out.print_json(
+                            json.dumps({"orphans": [_orphan_json(o) for o in found], "deletions": []})
+                        )
+                    raise typer.Exit(EXIT_NOT_COMPLETED)
+            done = delete_orphans(
+                application.ledger,
+                services.digitalocean(TokenPurpose.PROVISIONING),
+                found,
+                by=by or application.settings.user,
+            )
+        finally:
+            services.close()
+        if as_json:
+            out.print_json(
+                json.dumps(
+                    {
+                        "orphans": [_orphan_json(o) for o in found],
+                        "deletions": [d.model_dump(mode="json") for d in done],
+                    }
+                )
+            )
+        else:
+            for d in done:
+                action = f" (operator action {d.action.id})" if d.action else ""
+                tail = f": {d.error}" if d.error else ""
+                out.print(f"{d.orphan.target} {d.orphan.name}: {d.outcome.value}{action}{tail}", markup=False)
+        ok = all(d.outcome in (DeletionOutcome.DELETED, DeletionOutcome.ALREADY_GONE) for d in done)
+        raise typer.Exit(EXIT_OK if ok else EXIT_NOT_COMPLETED)
+
+
+def _orphan_json(orphan: Orphan) -> dict[str, Any]:
+    return {**orphan.model_dump(mode="json"), "target": orphan.target}
+
+
+def _print_orphans(found: list[Orphan]) -> None:
+    if not found:
+        out.print("no orphans: every saga-named or saga-tagged resource belongs to a saga", markup=False)
+        return
+    # One block per orphan: ids and names must survive any terminal width whole.
+    out.print(f"{len(found)} orphan(s): named or tagged for a saga, owned by none", markup=False)
+    for o in found:
+        out.print()
+        out.print(Text.assemble((o.target, "bold"), f"  {o.name}"))
+        if o.saga_id:
+            saga = f"   saga: {o.saga_id} ({o.saga_status.value if o.saga_status else 'unknown'})"
+            if o.step_name and o.step_status:
+                saga += f", step {o.step_name} ({o.step_status.value})"
+            out.print(Text(saga))
+        out.print(Text(f"   why:  {o.reason}"))
+    out.print()
 
 
 # -- tools -------------------------------------------------------------------------------------

@@ -107,6 +107,7 @@ class StepResult(BaseModel):
     compensation_attempts: int
     started_at: datetime | None
     completed_at: datetime | None
+    failed_at: datetime | None = None
     compensation_started_at: datetime | None
     compensated_at: datetime | None
 

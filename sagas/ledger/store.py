@@ -11,11 +11,11 @@ transaction here is ever held open across a provider call.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, delete, func, literal, select, text, update
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -30,8 +30,17 @@ from sagas.errors import (
     SagaNotFoundError,
 )
 from sagas.ledger.database import translate_db_errors
-from sagas.ledger.tables import saga_resource_locks, saga_runs, saga_step_results
-from sagas.models import Lease, NewSaga, SagaRun, SagaStatus, StepResult, StepStatus
+from sagas.ledger.tables import operator_actions, saga_resource_locks, saga_runs, saga_step_results
+from sagas.models import (
+    Lease,
+    NewSaga,
+    OperatorAction,
+    RecordedStep,
+    SagaRun,
+    SagaStatus,
+    StepResult,
+    StepStatus,
+)
 
 _RECOVERABLE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
@@ -91,12 +100,22 @@ class Ledger:
             ).scalar_one_or_none()
         return bool(value)
 
-    def list_recoverable(self, limit: int = 100) -> list[uuid.UUID]:
-        """Unfinished sagas that no live runner holds: what the recovery sweep picks up."""
+    def list_recoverable(self, *, pending_grace_seconds: float, limit: int = 100) -> list[uuid.UUID]:
+        """Unfinished sagas that no live runner holds: what the recovery sweep picks up.
+
+        A ``pending`` saga is only taken once it is older than the grace period: until then its
+        own flow run may simply be queued at a worker.
+        """
+        grace = func.make_interval(0, 0, 0, 0, 0, 0, pending_grace_seconds)
+        unheld = (saga_runs.c.lease_expires_at.is_(None)) | (saga_runs.c.lease_expires_at < func.now())
+        started_or_stale = (saga_runs.c.status != SagaStatus.PENDING.value) | (
+            saga_runs.c.created_at < func.now() - grace
+        )
         query = (
             select(saga_runs.c.id)
             .where(saga_runs.c.status.in_([s.value for s in _RECOVERABLE]))
-            .where((saga_runs.c.lease_expires_at.is_(None)) | (saga_runs.c.lease_expires_at < func.now()))
+            .where(unheld)
+            .where(started_or_stale)
             .order_by(saga_runs.c.created_at)
             .limit(limit)
         )
@@ -354,7 +373,12 @@ class Ledger:
 
     def record_step_failed(self, lease: Lease, idx: int, error: str) -> None:
         self._update_step(
-            lease, idx, f"record step {idx} failed", status=StepStatus.FAILED.value, error=error
+            lease,
+            idx,
+            f"record step {idx} failed",
+            status=StepStatus.FAILED.value,
+            error=error,
+            failed_at=func.now(),
         )
 
     def record_step_compensating(self, lease: Lease, idx: int) -> None:
@@ -397,6 +421,138 @@ class Ledger:
             ).rowcount
             if updated != 1:
                 raise LedgerError(f"could not {doing}: step {idx} of saga {lease.saga_id} has no ledger row")
+
+    # -- operators (``sagas resolve``, ``sagas orphans``) -------------------------------------
+
+    def resolve_saga(self, lease: Lease, *, by: str, note: str) -> SagaRun:
+        """Mark the saga resolved by hand (who, when, why) and free its resource, fenced.
+
+        Refused with InputError, writing nothing, when the saga is already finished: a resolution
+        never hides how a saga really ended. The audit row goes in the same transaction.
+        """
+        finished = [s.value for s in SagaStatus if s.is_terminal]
+        with self._fenced(lease, "resolve a saga") as conn:
+            before = conn.execute(
+                select(saga_runs.c.status, saga_runs.c.error, saga_runs.c.resource).where(
+                    saga_runs.c.id == lease.saga_id
+                )
+            ).one()
+            if before.status in finished:
+                raise InputError(
+                    f"saga {lease.saga_id} is already {before.status}: there is nothing to resolve"
+                )
+            row = conn.execute(
+                update(saga_runs)
+                .where(saga_runs.c.id == lease.saga_id)
+                .values(
+                    status=SagaStatus.RESOLVED.value,
+                    resolved_by=by,
+                    resolved_at=func.now(),
+                    resolution_note=note,
+                    finished_at=func.now(),
+                    updated_at=func.now(),
+                )
+                .returning(saga_runs)
+            ).one()
+            released = conn.execute(
+                delete(saga_resource_locks)
+                .where(saga_resource_locks.c.saga_id == lease.saga_id)
+                .returning(saga_resource_locks.c.resource)
+            ).scalars()
+            detail = {
+                "note": note,
+                "previous_status": before.status,
+                "previous_error": before.error,
+                "released": sorted(released),
+            }
+            conn.execute(
+                insert(operator_actions).values(
+                    action="resolve", target=f"saga:{lease.saga_id}", detail=detail, performed_by=by
+                )
+            )
+        return _saga(row)
+
+    def get_sagas(self, saga_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, SagaRun]:
+        """The sagas among ``saga_ids`` that exist, by id (unknown ids are simply absent)."""
+        if not saga_ids:
+            return {}
+        query = select(saga_runs).where(saga_runs.c.id.in_(list(saga_ids)))
+        with translate_db_errors("read sagas"), self._engine.connect() as conn:
+            return {saga.id: saga for saga in (_saga(row) for row in conn.execute(query))}
+
+    def find_recorded_steps(
+        self,
+        *,
+        keys: Collection[str] = (),
+        output_values: Mapping[str, Collection[str]] | None = None,
+        saga_ids: Collection[uuid.UUID] = (),
+    ) -> list[RecordedStep]:
+        """Steps that recorded one of ``keys`` as their idempotency key, or one of the values under
+        an output field (``{"snapshot_id": [...]}``, compared as text), or that belong to one of
+        ``saga_ids``; each with its saga's status. Which saga, if any, owns a provider resource."""
+        matches = []
+        if keys:
+            matches.append(saga_step_results.c.idempotency_key.in_(list(keys)))
+        for field, values in (output_values or {}).items():
+            if values:
+                matches.append(saga_step_results.c.output[field].astext.in_([str(v) for v in values]))
+        if saga_ids:
+            matches.append(saga_step_results.c.saga_id.in_(list(saga_ids)))
+        if not matches:
+            return []
+        query = (
+            select(saga_step_results, saga_runs.c.status.label("saga_status"))
+            .join(saga_runs, saga_runs.c.id == saga_step_results.c.saga_id)
+            .where(or_(*matches))
+            .order_by(saga_step_results.c.saga_id, saga_step_results.c.step_idx)
+        )
+        with translate_db_errors("find recorded steps"), self._engine.connect() as conn:
+            rows = list(conn.execute(query))
+        found = []
+        for row in rows:
+            data = dict(row._mapping)
+            status = SagaStatus(data.pop("saga_status"))
+            found.append(RecordedStep(step=StepResult.model_validate(data), saga_status=status))
+        return found
+
+    def record_operator_action(
+        self, action: str, target: str, detail: Mapping[str, Any], performed_by: str
+    ) -> OperatorAction:
+        """Write down what an operator is about to do (or did), before and after the outside effect."""
+        statement = (
+            insert(operator_actions)
+            .values(action=action, target=target, detail=_json(detail), performed_by=performed_by)
+            .returning(operator_actions)
+        )
+        with translate_db_errors("record an operator action"), self._engine.begin() as conn:
+            row = conn.execute(statement).one()
+        return OperatorAction.model_validate(dict(row._mapping))
+
+    def update_operator_action(self, action_id: int, patch: Mapping[str, Any]) -> OperatorAction:
+        """Merge the outcome of an operator action into its detail."""
+        statement = (
+            update(operator_actions)
+            .where(operator_actions.c.id == action_id)
+            .values(detail=operator_actions.c.detail.op("||")(_json(patch)))
+            .returning(operator_actions)
+        )
+        with translate_db_errors("record an operator action's outcome"), self._engine.begin() as conn:
+            row = conn.execute(statement).one_or_none()
+        if row is None:
+            raise LedgerError(f"operator action {action_id} has no ledger row")
+        return OperatorAction.model_validate(dict(row._mapping))
+
+    def list_operator_actions(self, *, target: str | None = None, limit: int = 100) -> list[OperatorAction]:
+        """Newest first."""
+        query = (
+            select(operator_actions)
+            .order_by(operator_actions.c.performed_at.desc(), operator_actions.c.id.desc())
+            .limit(limit)
+        )
+        if target is not None:
+            query = query.where(operator_actions.c.target == target)
+        with translate_db_errors("list operator actions"), self._engine.connect() as conn:
+            return [OperatorAction.model_validate(dict(row._mapping)) for row in conn.execute(query)]
 
 
 def _json(value: Mapping[str, Any]) -> Any:

@@ -32,6 +32,7 @@ SAGA_STATUSES = (
     "rolled_back",
     "compensation_failed",
     "failed",
+    "resolved",
 )
 STEP_STATUSES = (
     "pending",
@@ -76,7 +77,16 @@ saga_runs = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
+    # An operator's resolution (``sagas resolve``): all three are set exactly when status is resolved.
+    Column("resolved_by", Text),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolution_note", Text),
     CheckConstraint(_in("status", SAGA_STATUSES), name="saga_runs_status_known"),
+    CheckConstraint(
+        "(status = 'resolved') = (resolved_by IS NOT NULL AND resolved_at IS NOT NULL"
+        " AND coalesce(length(btrim(resolution_note)), 0) > 0)",
+        name="saga_runs_resolution_recorded",
+    ),
 )
 Index("saga_runs_created_idx", saga_runs.c.created_at.desc(), saga_runs.c.id)
 Index("saga_runs_status_created_idx", saga_runs.c.status, saga_runs.c.created_at.desc())
@@ -108,6 +118,7 @@ saga_step_results = Table(
     Column("compensation_attempts", Integer, nullable=False, server_default=text("0")),
     Column("started_at", DateTime(timezone=True)),
     Column("completed_at", DateTime(timezone=True)),
+    Column("failed_at", DateTime(timezone=True)),
     Column("compensation_started_at", DateTime(timezone=True)),
     Column("compensated_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
@@ -131,3 +142,18 @@ Index(
     unique=True,
     postgresql_where=saga_step_results.c.idempotency_key.isnot(None),
 )
+
+# What operators did outside a saga's runner (resolve, delete an orphan): an audit trail that
+# outlives the sagas it names, so ``target`` is text ("saga:<id>", "snapshot:<id>"), not a key.
+operator_actions = Table(
+    "operator_actions",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("action", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("performed_by", Text, nullable=False),
+    Column("performed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+Index("operator_actions_performed_idx", operator_actions.c.performed_at.desc(), operator_actions.c.id)
+Index("operator_actions_target_idx", operator_actions.c.target)
