@@ -7,12 +7,14 @@ and errors, never settings or tokens.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from typing import Any
 
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun, SagaStatus
+from sagas.timeline import render_svg
 
 _log = logging.getLogger("sagas.flows")
 ANNOUNCED = (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.COMPENSATION_FAILED, SagaStatus.FAILED)
@@ -43,10 +45,17 @@ def ledger_rows(ledger: Ledger, saga: SagaRun) -> list[dict[str, Any]]:
 
 def publish(ledger: Ledger, saga: SagaRun) -> None:
     """Publish the saga's ledger as an artifact and, on a final status, emit its event."""
-    from prefect.artifacts import create_table_artifact
+    from prefect.artifacts import create_image_artifact, create_table_artifact
     from prefect.events import emit_event
 
     try:
+        steps = ledger.list_step_results(saga.id)
+        svg = render_svg(saga, steps).encode()
+        create_image_artifact(
+            image_url="data:image/svg+xml;base64," + base64.b64encode(svg).decode(),
+            key=f"saga-{saga.id}-timeline",
+            description=f"timeline of {saga.kind} saga {saga.id} ({saga.status.value})",
+        )
         create_table_artifact(
             key=f"saga-{saga.id}",
             table=ledger_rows(ledger, saga),

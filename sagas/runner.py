@@ -256,8 +256,9 @@ class Runner:
                 break
             if heartbeat.lost.is_set():
                 raise LeaseLostError(f"the lease on saga {saga.id} was lost during {name}")
-            self.ledger.record_step_completed(lease, idx, name, dict(output or {}))
-            outputs[name] = {**ctx.recorded, **(output or {})}
+            result = {**ctx.notes, **(output or {})}
+            self.ledger.record_step_completed(lease, idx, name, result)
+            outputs[name] = {**ctx.recorded, **result}
             past_pivot |= step.reversibility_for(saga.inputs) is Reversibility.PIVOT
         self.ledger.set_saga_status(lease, SagaStatus.COMPLETED)
         return SagaStatus.COMPLETED

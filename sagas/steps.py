@@ -52,6 +52,12 @@ class StepContext:
     record_progress: Callable[[Mapping[str, Any]], None] = field(repr=False)
     cancel_requested: Callable[[], bool] = field(repr=False)
 
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def note(self, **fields: Any) -> None:
+        """Remember something for the step's result, written with it (no extra ledger write)."""
+        self.notes.update(fields)
+
     def checkpoint(self, **fields: Any) -> None:
         """Write what the step learned (an action id) to the ledger before it goes on."""
         self.recorded.update(fields)

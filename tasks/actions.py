@@ -34,8 +34,14 @@ def perform_droplet_action(
     ctx: StepContext, do: DigitalOceanClient, droplet_id: int, request: Any, *, slot: str = "action"
 ) -> Action:
     """Run one droplet action to completion, exactly once; raise if it ends ``errored``."""
+    fresh = ctx.recorded.get(f"{slot}_id") is None and not ctx.recorded.get(f"{slot}_posting")
     action_id = start_droplet_action(ctx, do, droplet_id, request, slot=slot)
-    action = wait_for_action(ctx, do, action_id)
+    # A wait that starts with our POST can learn how long this type of action usually takes.
+    action = wait_for_action(ctx, do, action_id, typical=f"action:{request.type}" if fresh else None)
+    # The provider's own timing of the wait, for the saga's timeline; saved with the step's result.
+    ctx.note(**{f"{slot}_started_at": action.started_at.isoformat()})
+    if action.completed_at is not None:
+        ctx.note(**{f"{slot}_completed_at": action.completed_at.isoformat()})
     if action.status == "errored":
         raise ProviderActionError(f"{request.type} action {action_id} on droplet {droplet_id} errored")
     return action
@@ -119,13 +125,19 @@ def find_our_action(
     return None
 
 
-def wait_for_action(ctx: StepContext, do: DigitalOceanClient, action_id: int) -> Action:
+def wait_for_action(
+    ctx: StepContext, do: DigitalOceanClient, action_id: int, *, typical: str | None = None
+) -> Action:
     def poll() -> Action | None:
         action = do.get_action(action_id)
         return action if action.status != "in-progress" else None
 
     return wait_until(
-        ctx, poll, timeout=ctx.services.settings.action_timeout_seconds, what=f"action {action_id} to finish"
+        ctx,
+        poll,
+        timeout=ctx.services.settings.action_timeout_seconds,
+        what=f"action {action_id} to finish",
+        typical=typical,
     )
 
 
