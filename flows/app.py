@@ -7,6 +7,7 @@ Every path (the flow body, on_failure, on_cancellation, on_crashed, the recovery
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -175,14 +176,20 @@ def _roll_back(flow_run: Any, reason: str, *, cancel: bool) -> None:
     app = build_app()
     if cancel:
         app.ledger.request_cancel(saga.id)
-    try:
-        with _closing(app.runner(invoke_as_task)) as runner:
-            final = runner.advance(saga.id, Mode.ROLLBACK, reason=reason)
-    except SagaBusyError as exc:
-        _log.warning(
-            "not rolling back here: %s (its holder will, or `sagas resume` once its lease expires)", exc
-        )
-        return
+    # The runner that held the saga may be the process Prefect just killed (a cancel on a process
+    # worker): its lease then runs out on its own. Wait for it rather than leave the saga to the
+    # sweep; if that runner is alive instead, it rolls back itself and we find nothing to do.
+    deadline = time.monotonic() + app.settings.lease_seconds * 1.5 + 1
+    while True:
+        try:
+            with _closing(app.runner(invoke_as_task)) as runner:
+                final = runner.advance(saga.id, Mode.ROLLBACK, reason=reason)
+            break
+        except SagaBusyError as exc:
+            if time.monotonic() >= deadline:
+                _log.warning("not rolling back here: %s (the recovery sweep will)", exc)
+                return
+            time.sleep(min(1.0, max(exc.lease_expires_in or 1.0, 0.1)))
     _log.info("saga %s is %s", saga.id, final.status.value)
     publish(app.ledger, final)
 

@@ -79,15 +79,17 @@ class TestKindInputs(BaseModel):
     model_config = _FORBID
 
     droplet_id: int | None = Field(default=None, gt=0, lt=2**53, description="For steps on a droplet.")
-    label: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
-    name: str | None = None
-    region: str | None = None
-    size: str | None = None
-    image: str | None = None
-    resize_disk: bool | None = None
-    snapshot_id: int | None = Field(default=None, gt=0, lt=2**53)
-    domain: str | None = None
-    hostname: str | None = None
+    label: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,39}$", description="Snapshot name suffix."
+    )
+    name: str | None = Field(default=None, description="create_droplet: the droplet's name.")
+    region: str | None = Field(default=None, description="create_droplet: region slug.")
+    size: str | None = Field(default=None, description="create_droplet / resize_droplet: size slug.")
+    image: str | None = Field(default=None, description="create_droplet: image slug.")
+    resize_disk: bool | None = Field(default=None, description="resize_droplet: grow the disk too (a pivot).")
+    snapshot_id: int | None = Field(default=None, gt=0, lt=2**53, description="restore_droplet: snapshot id.")
+    domain: str | None = Field(default=None, description="DNS steps: a domain managed at DigitalOcean.")
+    hostname: str | None = Field(default=None, description="DNS steps: the record's name, e.g. www.")
 
 
 def _droplet_name_resource(inputs: Any) -> str | None:

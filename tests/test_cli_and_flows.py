@@ -249,3 +249,89 @@ def _wait_for_holder(ledger: Ledger, resource: str) -> uuid.UUID:
             return holder
         time.sleep(0.1)
     raise AssertionError(f"nobody took {resource}")
+
+
+def test_fleet_snapshot_stays_inside_the_rate_limit(
+    prefect_api: str, sim: httpx.Client, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The simulator enforces 40 requests a "minute" and runs 50x fast (a minute is 1.2 s);
+    # the client's shared budget is told the same, so 8 concurrent sagas must pace themselves.
+    sim.post("/_sim/config", json={"rate_limit_per_minute": 40, "time_scale": 0.02}).raise_for_status()
+    monkeypatch.setenv("SAGAS_DO_RATE_LIMIT_PER_MINUTE", "40")
+    monkeypatch.setenv("SAGAS_DO_RATE_WINDOW_SCALE", "0.02")
+    droplets = [
+        sim.post("/_sim/droplets", json={"name": f"fleet-{i}", "tags": ["fleet"]}).json()["droplet"]["id"]
+        for i in range(8)
+    ]
+    seed_droplet(sim, "not-in-the-fleet")
+    from flows.fleet import FleetParameters, fleet_snapshot
+
+    result = fleet_snapshot(FleetParameters(tag="fleet", max_concurrency=8))
+    assert result == {"droplets": 8, "outcomes": {"completed": 8}}
+    counters = sim.get("/_sim/state").json()["counters"]
+    assert counters["responses_429"] == 0
+    names = sorted(s["name"] for s in live_snapshots(sim))
+    assert len(names) == 8 and all(n.endswith("-nightly") for n in names)
+    assert {int(n.split("-")[2]) for n in names} == set(droplets)
+
+
+def test_saga_runs_publish_an_artifact_and_a_terminal_event(
+    prefect_api: str, sim: httpx.Client, ledger: Ledger
+) -> None:
+    droplet = seed_droplet(sim)
+    saga_id = str(uuid.uuid4())
+    result = run_cli("run", "snapshot", "--inputs", json.dumps({"droplet_id": droplet}), "--saga-id", saga_id)
+    assert result.exit_code == 0, result.output
+    with httpx.Client(base_url=prefect_api, timeout=10) as prefect:
+        artifacts = prefect.post(
+            "/artifacts/filter", json={"artifacts": {"key": {"any_": [f"saga-{saga_id}"]}}}
+        ).json()
+        assert len(artifacts) == 1
+        table = json.dumps(artifacts[0]["data"])
+        assert "create_droplet_snapshot" in table and "completed" in table
+        assert TOKEN not in table
+        events = _wait_for_events(prefect, f"arcadia.saga.{saga_id}")
+    assert [e["event"] for e in events] == ["arcadia.saga.completed"]
+
+
+def _wait_for_events(prefect: httpx.Client, resource_id: str) -> list[dict[str, Any]]:
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        page = prefect.post(
+            "/events/filter",
+            json={
+                "filter": {"resource": {"id": [resource_id]}, "occurred": {"since": "2000-01-01T00:00:00Z"}}
+            },
+        ).json()
+        if page.get("events"):
+            return list(page["events"])
+        time.sleep(0.5)
+    raise AssertionError(f"no event for {resource_id}")
+
+
+def test_tokens_come_from_a_prefect_secret_block(
+    prefect_api: str, sim: httpx.Client, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.blocks.system import Secret
+
+    from flows.app import secret_block_token
+    from sagas.errors import ConfigurationError
+    from sagas.settings import TokenPurpose, load_settings
+
+    block_token = "dop_v1_block" + uuid.uuid4().hex
+    Secret(value=block_token).save("arcadia-do-provisioning", overwrite=True)
+    monkeypatch.setenv("SAGAS_DO_TOKEN_PROVISIONING_BLOCK", "arcadia-do-provisioning")
+    token = secret_block_token(load_settings(), TokenPurpose.PROVISIONING)
+    assert token is not None and token.get_secret_value() == block_token
+    assert secret_block_token(load_settings(), TokenPurpose.READ) is None  # no block named: the environment
+
+    droplet = seed_droplet(sim)
+    result = run_cli("run", "snapshot", "--inputs", json.dumps({"droplet_id": droplet}), "--json")
+    assert result.exit_code == 0, result.output
+    assert block_token not in result.output and block_token not in _ledger_dump(ledger)
+
+    monkeypatch.setenv("SAGAS_DO_TOKEN_PROVISIONING_BLOCK", "no-such-block")
+    with pytest.raises(ConfigurationError, match="no-such-block"):
+        secret_block_token(load_settings(), TokenPurpose.PROVISIONING)

@@ -1,0 +1,218 @@
+"""Prefect as its users use it: a server, `prefect deploy --all` from prefect.yaml, a process worker,
+runs triggered through the API. Everything real: the server on Postgres, the ledger, the simulator."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import pytest
+import yaml
+from sqlalchemy import text
+
+from sagas.ledger.store import Ledger
+from tests.conftest import REPO, live_snapshots, seed_droplet
+from tests.prefect_live import LivePrefect, live_pids, prefect_live_fixture  # noqa: F401  (fixture `prefect_live`)
+
+pytestmark = pytest.mark.slow
+
+SAGA_KINDS = ["provision", "suspend", "resume", "update", "rollback", "offboard", "snapshot", "test"]
+DECLARED = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+
+
+def count_rows(ledger: Ledger) -> tuple[int, int]:
+    with ledger._engine.connect() as conn:
+        sagas = conn.execute(text("SELECT count(*) FROM saga_runs")).scalar_one()
+        steps = conn.execute(text("SELECT count(*) FROM saga_step_results")).scalar_one()
+    return sagas, steps
+
+
+def test_prefect_yaml_deploys_every_saga_kind() -> None:
+    assert set(SAGA_KINDS) <= set(DECLARED)
+
+
+@pytest.mark.parametrize("name", sorted(DECLARED))
+def test_deploy_all_created_each_deployment_of_prefect_yaml(prefect_live: LivePrefect, name: str) -> None:
+    with prefect_live.client() as client:
+        deployment = client.read_deployment_by_name(f"{name}/{name}")  # each flow is named as its deployment
+    declared = DECLARED[name]
+    assert deployment.entrypoint == declared["entrypoint"]
+    assert deployment.work_pool_name == "sagas"
+    assert deployment.work_queue_name == "default"
+    assert deployment.enforce_parameter_schema is True
+    assert "arcadia-sagas" in deployment.tags
+    assert deployment.description == declared["description"]
+    assert deployment.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+    ]
+    assert deployment.parameters == declared.get("parameters", {})
+    schedules = [s.schedule.model_dump(exclude_none=True, mode="json") for s in deployment.schedules]
+    for declared_schedule, schedule in zip(declared.get("schedules", []), schedules, strict=True):
+        assert {k: schedule[k] for k in declared_schedule} == declared_schedule
+    assert deployment.parameter_openapi_schema["type"] == "object"
+
+
+@pytest.mark.parametrize("kind", SAGA_KINDS)
+def test_saga_deployments_carry_a_documented_parameter_schema(prefect_live: LivePrefect, kind: str) -> None:
+    with prefect_live.client() as client:
+        schema = client.read_deployment_by_name(f"{kind}/{kind}").parameter_openapi_schema
+    assert schema["required"] == ["params"]
+    model = schema["definitions"][schema["properties"]["params"]["$ref"].rsplit("/", 1)[1]]
+    assert model["additionalProperties"] is False
+    fields = model["properties"]
+    assert fields["saga_id"]["description"].startswith("Give an id")
+    assert {"type": "string", "format": "uuid"} in fields["saga_id"]["anyOf"]
+    undocumented = [name for name, f in fields.items() if not f.get("description")]
+    if kind == "test":  # the smoke-test kind: a grab bag of optional inputs each step checks itself
+        assert {"steps", "droplet_id"}.isdisjoint(undocumented)
+        return
+    assert undocumented == [], undocumented
+    if "droplet_id" in fields:
+        assert fields["droplet_id"]["description"] == "The DigitalOcean droplet id (a number)."
+        assert fields["droplet_id"]["type"] == "integer"
+
+
+def test_snapshot_deployment_run_through_the_api(
+    prefect_live: LivePrefect, sim: httpx.Client, ledger: Ledger
+) -> None:
+    droplet = seed_droplet(sim)
+    started = time.monotonic()
+    flow_run = prefect_live.run_deployment(
+        "snapshot/snapshot", {"params": {"droplet_id": droplet}}, timeout=0
+    )
+    with prefect_live.client() as client:
+        while (run := client.read_flow_run(flow_run.id)).state_type.value in ("SCHEDULED", "PENDING"):
+            assert time.monotonic() - started < 90, prefect_live.worker_log()
+            time.sleep(0.05)
+    prefect_live.timings["triggered run: scheduled -> running"] = time.monotonic() - started
+    done = prefect_live.wait_for_flow_run(run.id, timeout=120)
+    prefect_live.timings["triggered run: end to end"] = time.monotonic() - started
+    assert done.state_type.value == "COMPLETED", (done.state, prefect_live.worker_log())
+
+    sagas = ledger.list_sagas()
+    assert len(sagas) == 1
+    saga = sagas[0]
+    assert saga.kind == "snapshot"
+    assert saga.status.value == "completed"
+    assert saga.flow_run_id == done.id
+    assert saga.inputs == {"droplet_id": droplet}
+    assert len(live_snapshots(sim)) == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"droplet_id": "abc"}, "'abc' is not of type 'integer'"),
+        ({"droplet_id": -4}, "droplet_id"),
+        ({"droplet_id": 1, "surprise": 2}, "'surprise' was unexpected"),
+        ({}, "'droplet_id' is a required property"),
+    ],
+)
+def test_invalid_parameters_are_refused_before_any_run_or_saga(
+    prefect_live: LivePrefect, ledger: Ledger, params: dict[str, object], reason: str
+) -> None:
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with prefect_live.client() as client:
+        before = client.count_flow_runs()
+    with pytest.raises(PrefectHTTPStatusError) as refused:
+        prefect_live.run_deployment("snapshot/snapshot", {"params": params}, timeout=0)
+    response = refused.value.response
+    assert response.status_code == 409, response.text
+    assert reason in response.json()["detail"]
+    with prefect_live.client() as client:
+        assert client.count_flow_runs() == before
+    assert count_rows(ledger) == (0, 0)
+
+
+def test_double_submitted_run_with_one_idempotency_key_is_one_run_and_one_saga(
+    prefect_live: LivePrefect, sim: httpx.Client, ledger: Ledger
+) -> None:
+    droplet = seed_droplet(sim)
+    saga_id = str(uuid.uuid4())
+    key = f"snapshot-{saga_id}"
+    params = {"params": {"droplet_id": droplet, "saga_id": saga_id}}
+    first = prefect_live.run_deployment("snapshot/snapshot", params, idempotency_key=key, timeout=0)
+    second = prefect_live.run_deployment("snapshot/snapshot", params, idempotency_key=key, timeout=0)
+    assert second.id == first.id
+    done = prefect_live.wait_for_flow_run(first.id, timeout=120)
+    assert done.state_type.value == "COMPLETED", (done.state, prefect_live.worker_log())
+    # Submitted again after it finished: still the same run, nothing redone.
+    third = prefect_live.run_deployment("snapshot/snapshot", params, idempotency_key=key, timeout=10)
+    assert third.id == first.id
+
+    with prefect_live.client() as client:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
+
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(idempotency_key=FlowRunFilterIdempotencyKey(any_=[key]))
+        )
+    assert [r.id for r in runs] == [first.id]
+    assert count_rows(ledger) == (1, 1)
+    saga = ledger.get_saga(uuid.UUID(saga_id))
+    assert saga.status.value == "completed"
+    assert saga.flow_run_id == first.id
+    assert len(live_snapshots(sim)) == 1
+
+
+def test_kill_worker_mid_saga_then_the_recovery_deployment_finishes_it(
+    prefect_live: LivePrefect, sim: httpx.Client, ledger: Ledger
+) -> None:
+    """SIGKILL the worker (and its flow run) mid-saga: within the lease and one sweep it is done."""
+    sim.post("/_sim/config", json={"action_seconds": 250}).raise_for_status()  # 5 s snapshots
+    droplet = seed_droplet(sim)
+    slow = prefect_live.run_deployment("snapshot/snapshot", {"params": {"droplet_id": droplet}}, timeout=0)
+    deadline = time.monotonic() + 90
+    while not _recorded_action(ledger, slow.id):
+        assert time.monotonic() < deadline, prefect_live.worker_log()
+        time.sleep(0.1)
+    group = prefect_live.worker_processes()  # the worker and the flow run process
+    assert prefect_live.kill_worker() == -9
+    time.sleep(0.5)
+    assert live_pids(group) == [], group
+    stranded = ledger.find_saga_by_flow_run(slow.id)
+    assert stranded is not None and stranded.status.value == "running"
+
+    prefect_live.start_worker()
+    time.sleep(float(prefect_live.env["SAGAS_LEASE_SECONDS"]))  # the dead runner's lease runs out
+    sweep = prefect_live.run_deployment("recovery-sweep/recovery-sweep", {})  # what the schedule runs
+    assert sweep.state_type.value == "COMPLETED", (sweep.state, prefect_live.worker_log())
+    saga = ledger.get_saga(stranded.id)
+    assert saga.status.value == "completed", saga.error
+    name = f"arcadia-snap-{droplet}-{stranded.id.hex[:8]}"
+    assert sim.get("/_sim/state").json()["counters"]["writes"][f"snapshot:{name}"] == 1
+    assert [s["name"] for s in live_snapshots(sim)] == [name]
+
+
+def test_cancel_a_running_saga_through_the_api_rolls_it_back(
+    prefect_live: LivePrefect, sim: httpx.Client, ledger: Ledger
+) -> None:
+    from prefect.states import Cancelling
+
+    sim.post("/_sim/config", json={"action_seconds": 250}).raise_for_status()
+    run = prefect_live.run_deployment(
+        "snapshot/snapshot", {"params": {"droplet_id": seed_droplet(sim)}}, timeout=0
+    )
+    deadline = time.monotonic() + 90
+    while not _recorded_action(ledger, run.id):
+        assert time.monotonic() < deadline, prefect_live.worker_log()
+        time.sleep(0.1)
+    with prefect_live.client() as client:
+        client.set_flow_run_state(run.id, Cancelling(), force=True)
+    final = prefect_live.wait_for_flow_run(run.id, timeout=120)
+    assert final.state_type.value == "CANCELLED", final.state
+    saga = ledger.find_saga_by_flow_run(run.id)
+    assert saga is not None
+    deadline = time.monotonic() + 60
+    while ledger.get_saga(saga.id).status.value != "rolled_back":
+        assert time.monotonic() < deadline, (ledger.get_saga(saga.id), prefect_live.worker_log())
+        time.sleep(0.2)
+    assert live_snapshots(sim) == []  # the snapshot in flight was waited for and deleted
+
+
+def _recorded_action(ledger: Ledger, flow_run_id: uuid.UUID) -> bool:
+    saga = ledger.find_saga_by_flow_run(flow_run_id)
+    if saga is None:
+        return False
+    return any("action_id" in s.output for s in ledger.list_step_results(saga.id))
