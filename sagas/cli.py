@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -52,6 +53,7 @@ from sagas.models import SagaRun, SagaStatus, StepResult
 if TYPE_CHECKING:
     from flows.app import App
     from sagas.operator import Orphan
+    from sagas.progress import SagaProgress
 
 EXIT_OK, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_NOT_FOUND, EXIT_FAILURE = range(6)
 
@@ -147,7 +149,8 @@ def run(
         deadline = time.monotonic() + max(wait, 0.0)
         while True:
             try:
-                saga = run_flow(new.kind, new.inputs, list(new.step_names), new.id, triggered_by)
+                with watching(new.id, as_json):
+                    saga = run_flow(new.kind, new.inputs, list(new.step_names), new.id, triggered_by)
                 break
             except ResourceBusyError:
                 if time.monotonic() >= deadline:
@@ -155,6 +158,13 @@ def run(
                 time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
         _print_saga(saga, _app().ledger.list_step_results(saga.id), as_json)
         raise typer.Exit(EXIT_OK if saga.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
+
+
+def watching(saga_id: uuid.UUID, as_json: bool) -> SagaProgress:
+    """Show the saga's steps move, on stderr: redrawn on a terminal, a line per change elsewhere."""
+    from sagas.progress import SagaProgress
+
+    return SagaProgress(_app().ledger, saga_id, err, live=err.is_terminal and not as_json)
 
 
 def run_flow(
@@ -197,7 +207,8 @@ def resume(
             raise typer.Exit(EXIT_OK if before.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
         runner = application.runner()
         try:
-            saga = runner.advance(target)
+            with watching(target, as_json):
+                saga = runner.advance(target)
         finally:
             runner.services.close()
         _print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
@@ -302,12 +313,29 @@ def list_sagas(
 def show(
     saga_id: Annotated[str, typer.Argument(help="The saga to show.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    timeline: Annotated[
+        bool, typer.Option("--timeline", help="Write the saga's timeline as an SVG file and print its path.")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option(help="Where --timeline writes (default: ./saga-<id>.svg).")
+    ] = None,
 ) -> None:
     """Show a saga and every step: status, idempotency key, resource ids, attempts, errors, timings."""
     with _errors():
         provisioning = _app().provisioning()
         saga = provisioning.get_saga(saga_id)
-        _print_saga(saga, provisioning.list_step_results(saga.id), as_json)
+        steps = provisioning.list_step_results(saga.id)
+        if timeline:
+            from sagas.timeline import render_svg
+
+            path = output or Path(f"saga-{saga.id}.svg")
+            try:
+                path.write_text(render_svg(saga, steps))
+            except OSError as exc:
+                _fail(EXIT_BAD_INPUT, f"cannot write the timeline to {path}: {exc.strerror}")
+            out.print(str(path.resolve()), markup=False)
+            return
+        _print_saga(saga, steps, as_json)
 
 
 def _saga_json(saga: SagaRun) -> dict[str, Any]:

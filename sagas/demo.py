@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -68,8 +69,22 @@ def run_demo(out: Console) -> int:
         out.print(f"snapshots in the simulator: {[s['name'] for s in left]}")
         ok &= plain.status.value == "completed" and len(left) == 1
         control.close()
+        for saga in (smoke, plain):
+            path = _write_timeline(ledger, saga)
+            out.print(f"timeline of the {saga.kind} saga ({saga.status.value}): {path}", markup=False)
     out.rule("demo " + ("passed" if ok else "FAILED"))
     return 0 if ok else 1
+
+
+def _write_timeline(ledger: Any, saga: Any) -> Path:
+    from sagas.settings import load_settings
+    from sagas.timeline import render_svg
+
+    folder = load_settings().home / "timelines"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"saga-{saga.id}.svg"
+    path.write_text(render_svg(saga, ledger.list_step_results(saga.id)))
+    return path
 
 
 def _snapshots(control: httpx.Client) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -99,6 +100,10 @@ def test_seed_smoke_through_prefect(
         ("fail", "failed"),
     ]
     assert live_snapshots(sim) == []
+    # Progress went to stderr as plain lines (not a terminal), one per change.
+    assert "0. create_droplet_snapshot: completed" in result.stderr
+    assert "0. create_droplet_snapshot: compensated" in result.stderr
+    assert "\x1b[" not in result.stderr
     # Each step's execute and compensate ran as its own Prefect task run.
     names = _task_run_names(shown["flow_run_id"])
     assert {
@@ -113,7 +118,7 @@ def test_seed_smoke_through_prefect(
 
 
 def test_snapshot_run_completes_and_list_show_agree(
-    prefect_api: str, sim: httpx.Client, ledger: Ledger
+    prefect_api: str, sim: httpx.Client, ledger: Ledger, tmp_path: Path
 ) -> None:
     droplet = seed_droplet(sim)
     saga_id = str(uuid.uuid4())
@@ -127,6 +132,10 @@ def test_snapshot_run_completes_and_list_show_agree(
     assert len(live_snapshots(sim)) == 1
     assert count_rows(ledger) == (1, 1)
 
+    svg_path = Path(
+        run_cli("show", saga_id, "--timeline", "--output", str(tmp_path / "t.svg")).stdout.strip()
+    )
+    assert svg_path.read_text().startswith("<svg") and "create_droplet_snapshot" in svg_path.read_text()
     listed = json.loads(run_cli("list", "--kind", "snapshot", "--status", "completed", "--json").stdout)
     assert [s["id"] for s in listed] == [saga_id]
     shown = json.loads(run_cli("show", saga_id, "--json").stdout)
