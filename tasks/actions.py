@@ -69,7 +69,13 @@ def start_droplet_action(
                     f"{MAX_UNANSWERED_POSTS} {request.type} POSTs for droplet {droplet_id} went unanswered"
                     " and none shows up among its actions"
                 )
-        ctx.checkpoint(**{f"{slot}_posting": True})
+        if f"{slot}_known" not in ctx.recorded:
+            # What already ran on the droplet: after an unanswered POST, only an action that is
+            # not among these can be ours (clocks cannot tell a neighbour's action from ours).
+            known = [a.id for a in do.list_droplet_actions(droplet_id, max_pages=1) if a.type == request.type]
+            ctx.checkpoint(**{f"{slot}_known": known, f"{slot}_posting": True})
+        else:
+            ctx.checkpoint(**{f"{slot}_posting": True})
         try:
             action = do.post_droplet_action(droplet_id, request)
         except PendingEventError:
@@ -106,19 +112,20 @@ def _forget_post_unless_unanswered(ctx: StepContext, slot: str, unanswered: int)
 def adopt_action(
     ctx: StepContext, do: DigitalOceanClient, droplet_id: int, action_type: str, *, slot: str = "action"
 ) -> int | None:
-    action_id = find_our_action(ctx, do, droplet_id, action_type)
+    action_id = find_our_action(ctx, do, droplet_id, action_type, slot=slot)
     if action_id is not None:
         ctx.checkpoint(**{f"{slot}_id": action_id, f"{slot}_adopted": True})
     return action_id
 
 
 def find_our_action(
-    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, action_type: str
+    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, action_type: str, *, slot: str = "action"
 ) -> int | None:
-    """The newest action of this type on the droplet that started after this step did."""
+    """The newest action of this type on the droplet that was not there before our POST."""
+    known = set(ctx.recorded.get(f"{slot}_known", []))
     since: datetime | None = ctx.started_at
     for action in do.list_droplet_actions(droplet_id, max_pages=2):
-        if action.type != action_type or action.status == "errored":
+        if action.type != action_type or action.status == "errored" or action.id in known:
             continue
         if since is None or action.started_at >= since - CLOCK_SKEW:
             return action.id

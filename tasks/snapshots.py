@@ -55,7 +55,7 @@ def create_droplet_snapshot(ctx: StepContext) -> Mapping[str, Any]:
         return _output(droplet_id, found, ctx.recorded.get("action_id"))
     # (c) act: post (or adopt the action of an unanswered POST), then wait it out.
     action = perform_droplet_action(ctx, do, droplet_id, SnapshotActionRequest(name=name))
-    snapshot = _find_snapshot_with_retry(ctx, do, droplet_id, name)
+    snapshot = _find_snapshot_with_retry(ctx, do, droplet_id, name, typical="snapshot-listing")
     return _output(droplet_id, snapshot, action.id)
 
 
@@ -78,7 +78,11 @@ def delete_droplet_snapshot(ctx: StepContext) -> None:
 def _find_in_doubt_snapshot(ctx: StepContext, do: DigitalOceanClient, droplet_id: int) -> Snapshot | None:
     """The step failed or crashed before recording a snapshot: did one come to exist anyway?"""
     name = ctx.idempotency_key
-    found = do.find_droplet_snapshot_by_name(droplet_id, name)
+    try:
+        found = do.find_droplet_snapshot_by_name(droplet_id, name)
+    except ProviderNotFoundError:
+        # The droplet is gone, but snapshots outlive their droplet: look in the whole account.
+        return do.find_snapshot_by_name(name)
     if found is not None:
         return found
     action_id: int | None = ctx.recorded.get("action_id")
@@ -93,7 +97,7 @@ def _find_in_doubt_snapshot(ctx: StepContext, do: DigitalOceanClient, droplet_id
 
 
 def _find_snapshot_with_retry(
-    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, name: str
+    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, name: str, *, typical: str | None = None
 ) -> Snapshot:
     """A finished snapshot shows up in the droplet's listing only seconds later."""
     return wait_until(
@@ -101,6 +105,7 @@ def _find_snapshot_with_retry(
         lambda: do.find_droplet_snapshot_by_name(droplet_id, name),
         timeout=ctx.services.settings.snapshot_listing_timeout_seconds,
         what=f"snapshot {name} to appear in droplet {droplet_id}'s listing",
+        typical=typical,
     )
 
 

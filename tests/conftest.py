@@ -137,3 +137,31 @@ def api(simulator: Any, env: dict[str, str]) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {env['SAGAS_DO_TOKEN']}"}
     with httpx.Client(base_url=simulator.base_url, headers=headers, timeout=10) as client:
         yield client
+
+
+def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll a condition in real time; fail naming what never happened."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_saga(
+    ledger: Ledger, settings: Settings, kind: str, inputs: dict[str, Any], steps: list[str] | None = None
+) -> Any:
+    """Record a saga and run it to its end with the core runner (no Prefect), in this process."""
+    from sagas.runner import Runner
+    from sagas.services import Services
+    from tasks.registry import catalog
+
+    saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs, steps=steps))
+    services = Services(settings)
+    try:
+        return Runner(ledger, catalog(), services).advance(saga.id)
+    finally:
+        services.close()

@@ -17,11 +17,9 @@ import pytest
 
 from sagas.ledger.store import Ledger
 from sagas.models import Reversibility, SagaStatus
-from sagas.runner import Runner
-from sagas.services import Services
 from sagas.settings import Settings
 from tasks.registry import catalog
-from tests.conftest import seed_droplet
+from tests.conftest import run_saga, seed_droplet
 
 DOMAIN = "example.com"
 FIXED_KINDS = [k for k in catalog().kind_names if catalog().kind(k).steps is not None]
@@ -96,17 +94,6 @@ def _wait_for_snapshot(api: httpx.Client, droplet_id: int, name: str) -> int:
     raise AssertionError(f"snapshot {name} never listed")
 
 
-def run(
-    ledger: Ledger, settings: Settings, kind: str, inputs: dict[str, Any], steps: list[str] | None = None
-) -> Any:
-    saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs, steps=steps))
-    services = Services(settings)
-    try:
-        return Runner(ledger, catalog(), services).advance(saga.id)
-    finally:
-        services.close()
-
-
 def expected_after(
     steps: list[str], before: dict[str, Any], saga: Any, inputs: dict[str, Any]
 ) -> dict[str, Any]:
@@ -142,7 +129,7 @@ def test_happy_path(
 ) -> None:
     inputs = prepare(kind, sim, api)
     before = world(sim, api)
-    saga = run(ledger, settings, kind, inputs)
+    saga = run_saga(ledger, settings, kind, inputs)
     assert saga.status is SagaStatus.COMPLETED, saga.error
     assert world(sim, api) == expected_after(list(saga.step_names), before, saga, inputs)
 
@@ -159,7 +146,7 @@ def test_failure_after_every_step(
     inputs = prepare(kind, sim, api)
     past_pivot = any(catalog().step(s).reversibility_for(inputs) is Reversibility.PIVOT for s in steps)
     before = world(sim, api)
-    saga = run(ledger, settings, "test", inputs, [*steps, "flaky" if past_pivot else "fail"])
+    saga = run_saga(ledger, settings, "test", inputs, [*steps, "flaky" if past_pivot else "fail"])
     after = world(sim, api)
     if past_pivot:
         assert saga.status is SagaStatus.COMPLETED, saga.error  # retried forward past the pivot

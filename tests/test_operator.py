@@ -26,7 +26,7 @@ from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings
 from tasks.registry import catalog
-from tests.conftest import live_snapshots, seed_droplet
+from tests.conftest import live_snapshots, seed_droplet, wait_for
 
 cli = CliRunner()
 _open: list[Services] = []
@@ -85,15 +85,6 @@ def actions(ledger: Ledger) -> list[Any]:
 
 def bearer() -> dict[str, str]:
     return {"Authorization": f"Bearer {os.environ['SAGAS_DO_TOKEN']}"}
-
-
-def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- plan --------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +21,7 @@ from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings
 from tasks.registry import catalog
-from tests.conftest import REPO, live_snapshots, seed_droplet
+from tests.conftest import REPO, live_snapshots, seed_droplet, wait_for
 
 _open: list[Services] = []
 
@@ -47,15 +46,6 @@ def start(ledger: Ledger, kind: str, inputs: dict[str, Any], steps: list[str] | 
 
 def steps_of(ledger: Ledger, saga_id: uuid.UUID) -> dict[str, StepResult]:
     return {s.step_name: s for s in ledger.list_step_results(saga_id)}
-
-
-def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def writes(sim: httpx.Client, name: str) -> int:

@@ -18,20 +18,9 @@ from sagas.services import Services
 from sagas.settings import Settings
 from sagas.timeline import render_svg
 from tasks.registry import catalog
-from tests.conftest import seed_droplet
+from tests.conftest import run_saga, seed_droplet
 
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-def run(
-    ledger: Ledger, settings: Settings, kind: str, inputs: dict[str, Any], steps: list[str] | None = None
-) -> Any:
-    saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs, steps=steps))
-    services = Services(settings)
-    try:
-        return Runner(ledger, catalog(), services).advance(saga.id)
-    finally:
-        services.close()
 
 
 def bars(svg: str) -> list[tuple[str, str]]:
@@ -47,7 +36,7 @@ def test_timeline_of_a_completed_saga_shows_the_wait_on_the_provider(
     sim: httpx.Client, ledger: Ledger, settings: Settings, tmp_path: Any
 ) -> None:
     sim.post("/_sim/config", json={"action_seconds": 110})  # 2.2 s: the provider counts whole seconds
-    saga = run(ledger, settings, "snapshot", {"droplet_id": seed_droplet(sim)})
+    saga = run_saga(ledger, settings, "snapshot", {"droplet_id": seed_droplet(sim)})
     assert saga.status is SagaStatus.COMPLETED
     svg = render_svg(saga, ledger.list_step_results(saga.id))
     kinds = [kind for kind, _ in bars(svg)]
@@ -60,7 +49,7 @@ def test_timeline_of_a_completed_saga_shows_the_wait_on_the_provider(
 def test_timeline_of_a_rolled_back_saga_shows_failure_and_undo(
     sim: httpx.Client, ledger: Ledger, settings: Settings
 ) -> None:
-    saga = run(
+    saga = run_saga(
         ledger, settings, "test", {"droplet_id": seed_droplet(sim)}, ["create_droplet_snapshot", "fail"]
     )
     assert saga.status is SagaStatus.ROLLED_BACK

@@ -250,6 +250,16 @@ class DigitalOceanClient:
             )
         return matches[0] if matches else None
 
+    def list_snapshots(self) -> list[Snapshot]:
+        """Every droplet snapshot in the account, whatever became of its droplet."""
+        pages = self._paginate("/v2/snapshots", {"resource_type": "droplet"}, SnapshotPage, max_pages=None)
+        return [snap for page in pages for snap in page.snapshots]
+
+    def find_snapshot_by_name(self, name: str) -> Snapshot | None:
+        """The account's droplet snapshot named ``name`` (the oldest if several), or None."""
+        matches = sorted((s for s in self.list_snapshots() if s.name == name), key=lambda s: s.created_at)
+        return matches[0] if matches else None
+
     def get_snapshot(self, snapshot_id: str) -> Snapshot:
         path = f"/v2/snapshots/{_path_segment(snapshot_id)}"
         return self._send("GET", path, model=SnapshotEnvelope).snapshot

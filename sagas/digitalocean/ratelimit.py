@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 MINUTE = 60.0
 HOUR = 3600.0
+GUARD_SECONDS = 1.0  # see RateBudget: covers the send latency and its jitter (1.7% of a minute)
 
 
 class RateBudget:
@@ -39,6 +40,7 @@ class RateBudget:
         per_hour: int = 5000,
         *,
         scale: float = 1.0,
+        guard: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -49,8 +51,11 @@ class RateBudget:
             raise ValueError("scale must be positive")
         self.per_minute = per_minute
         self.per_hour = per_hour
-        self._minute = MINUTE * scale
-        self._hour = HOUR * scale
+        # ``guard`` (seconds, scaled too) lengthens each window: a request is counted here before it
+        # is sent but by the provider when it arrives, so a budget that releases a request the very
+        # instant the oldest one expires here meets a 429 whenever that one arrived later.
+        self._minute = (MINUTE + guard) * scale
+        self._hour = (HOUR + guard) * scale
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
@@ -85,7 +90,10 @@ class RateBudget:
         except (KeyError, ValueError):
             return
         try:
-            reset_in = max(0.0, float(lowered["ratelimit-reset"]) - self._wall_clock())
+            if "retry-after" in lowered:  # a burst 429: the hourly reset says nothing about the minute
+                reset_in = max(0.0, float(lowered["retry-after"]))
+            else:
+                reset_in = max(0.0, float(lowered["ratelimit-reset"]) - self._wall_clock())
         except (KeyError, ValueError):
             # Without a reset time, hold the provider's count for the shortest window.
             reset_in = self._minute
@@ -135,5 +143,5 @@ def budget_for_token(
     with _registry_lock:
         budget = _registry.get(key)
         if budget is None:
-            budget = _registry[key] = RateBudget(per_minute, per_hour, scale=scale)
+            budget = _registry[key] = RateBudget(per_minute, per_hour, scale=scale, guard=GUARD_SECONDS)
         return budget

@@ -1,0 +1,24 @@
+"""Postgres connections killed mid-saga while it polls a slow action: it finishes, once."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from sagas.ledger.store import Ledger
+from sagas.settings import Settings
+from tests.reliability import harness
+
+pytestmark = pytest.mark.slow
+
+
+def test_connections_killed_mid_saga(
+    sim: httpx.Client, ledger: Ledger, settings: Settings, env: dict[str, str]
+) -> None:
+    target = harness.Sim(str(sim.base_url).rstrip("/"), env["SAGAS_DO_TOKEN"])
+    try:
+        results = harness.database_faults(target, ledger, settings, 2)
+    finally:
+        target.close()
+    failed = [f"{r.name}: {r.verdict.detail}" for r in results if not r.verdict.survived]
+    assert not failed, harness.summary_line(results) + "\n" + "\n".join(failed)
