@@ -1,0 +1,129 @@
+"""Fleet throughput against DigitalOcean's rate limit, through ``flows.fleet.fleet_snapshot``.
+
+The simulator (its own process) enforces 250 requests a minute per token; its time runs
+``SCALE`` times faster (``time_scale``) and the client's budget is told the same
+(``SAGAS_DO_RATE_WINDOW_SCALE``). Polling settings are the product defaults (1 s, x1.6, cap 15 s)
+scaled the same way. ``baseline`` polls every 5 simulated seconds, as the original system did.
+
+Throughput is measured in steady state: before the flow starts, the token's first minute of
+allowance is spent evenly (250 GETs over one simulated minute, through the same budget), so no
+unspent burst flatters the result; then snapshots completed per simulated minute, from the flow's
+start to the last saga's end (flow start-up, the droplet listing and the last saga's latency count). The rate-limit bound is 250 / R_MIN snapshots a minute, with R_MIN = 4 the
+fewest requests a snapshot saga can make (the check-then-act listing lookup, the POST, one action
+GET that finds it completed, one listing GET that finds the snapshot).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+from benchmarks.common import (
+    emit,
+    metric,
+    scratch_database,
+    seed_droplets,
+    simulator_counters,
+    simulator_process,
+)
+
+SCALE = float(os.environ.get("BENCH_FLEET_SCALE", "0.25"))
+DROPLETS = int(os.environ.get("BENCH_FLEET_DROPLETS", "150"))
+CONCURRENCY = int(os.environ.get("BENCH_FLEET_CONCURRENCY", "50"))
+LIMIT = 250
+R_MIN = 4
+
+
+def run(mode: str) -> list[Any]:
+    with simulator_process(
+        time_scale=SCALE, rate_limit_per_minute=LIMIT, rate_limit_per_hour=5000
+    ) as sim_url:
+        tag = f"bench-{mode}"
+        droplets = seed_droplets(sim_url, DROPLETS, tag)
+        with scratch_database(f"bench_fleet_{mode}_{os.getpid()}") as url:
+            poll = {"initial": 1.0, "max": 15.0} if mode == "product" else {"initial": 5.0, "max": 5.0}
+            os.environ.update(
+                {
+                    "SAGAS_DATABASE_URL": url,
+                    "SAGAS_HOME": "/tmp/bench-sagas",
+                    "SAGAS_DO_API_URL": sim_url,
+                    "SAGAS_DO_TOKEN": f"bench-{mode}-{uuid.uuid4().hex}",
+                    "SAGAS_DO_RATE_LIMIT_PER_MINUTE": str(LIMIT),
+                    "SAGAS_DO_RATE_WINDOW_SCALE": str(SCALE),
+                    "SAGAS_POLL_INITIAL_SECONDS": str(poll["initial"] * SCALE),
+                    "SAGAS_POLL_MAX_SECONDS": str(poll["max"] * SCALE),
+                    "SAGAS_LEASE_SECONDS": "60",
+                    "SAGAS_DO_RETRY_BASE_SECONDS": str(0.5 * SCALE),
+                }
+            )
+            if mode == "baseline":
+                import tasks.waiting
+
+                tasks.waiting.TYPICAL.enabled = False  # the original: poll at once, then every 5 s
+            from flows.fleet import FleetParameters, fleet_snapshot
+
+            # Start in steady state: spend the first minute's allowance evenly, as a fleet that has been
+            # running for a while would have, so the window holds no unspent burst of 250 requests.
+            from sagas.digitalocean.client import DigitalOceanClient
+            from sagas.ledger.database import engine_for
+            from sagas.settings import TokenPurpose, load_settings
+
+            warm = DigitalOceanClient.from_settings(load_settings(), TokenPurpose.READ)
+            for _ in range(LIMIT):
+                warm.get_droplet(droplets[0])
+                time.sleep(60 * SCALE / LIMIT)
+            warm.close()
+            before = simulator_counters(sim_url)
+            t0 = time.time()
+            result = fleet_snapshot(FleetParameters(tag=tag, max_concurrency=CONCURRENCY))
+            wall = time.time() - t0
+            counters = simulator_counters(sim_url)
+            from sqlalchemy import text
+
+            with engine_for(load_settings()).connect() as conn:
+                finished = sorted(
+                    r[0].timestamp()
+                    for r in conn.execute(
+                        text("SELECT finished_at FROM saga_runs WHERE status = 'completed'")
+                    )
+                )
+    requests = sum(counters["requests"].values()) - sum(before["requests"].values())
+    r429 = counters["responses_429"] - before["responses_429"]
+    completed = result["outcomes"].get("completed", 0)
+    sim_minutes = (finished[-1] - t0) / (60 * SCALE)
+    per_minute = len(finished) / sim_minutes
+    bound = LIMIT / R_MIN
+    per_snapshot = requests / completed if completed else float("nan")
+    routes = ", ".join(
+        f"{k}: {(v - before['requests'].get(k, 0)) / completed:.2f}"
+        for k, v in sorted(counters["requests"].items())
+        if v - before["requests"].get(k, 0)
+    )
+    label = "fleet" if mode == "product" else "fleet_baseline_5s"
+    detail = (
+        f"{completed}/{DROPLETS} snapshots, concurrency {CONCURRENCY}, time_scale {SCALE}, wall {wall:.1f}s;"
+        f" {per_minute:.1f}/sim-min from flow start to last saga vs bound {bound:.1f}/sim-min (250 req/min / {R_MIN} req)"
+    )
+    if mode == "product":
+        return [
+            metric(f"{label}.throughput_vs_bound", per_minute / bound, "x", ">=", 0.90, detail),
+            metric(f"{label}.http_429", r429, "count", "<=", 0),
+            metric(f"{label}.requests_per_snapshot", per_snapshot, "req", "<=", 5, f"per route: {routes}"),
+            metric(f"{label}.snapshots_per_sim_minute", per_minute, "/min"),
+        ]
+    return [
+        metric(f"{label}.throughput_vs_bound", per_minute / bound, "x", detail=detail),
+        metric(f"{label}.http_429", r429, "count"),
+        metric(f"{label}.requests_per_snapshot", per_snapshot, "req", detail=f"per route: {routes}"),
+    ]
+
+
+def main() -> None:
+    emit(run(sys.argv[1] if len(sys.argv) > 1 else "product"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Orchestration overhead: a saga of N no-op steps through our flow, against N plain Prefect tasks.
+
+Both run in this process against the same Prefect server (on Postgres), alternating, after
+warm-up. "Our flow" is the product's ``test`` flow (``flows.testing.test_saga``: ``run_saga_flow``,
+the ledger, the runner, each step a Prefect task via ``invoke_as_task``, the saga artifact and
+event) with the catalog swapped for one that also has ``noop_0`` .. ``noop_<N-1>``. The plain flow
+calls N distinct ``@task`` no-ops with the same task options (no cache, no persisted result).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from benchmarks.common import emit, median, metric, scratch_database
+
+N = int(os.environ.get("BENCH_OVERHEAD_STEPS", "20"))
+ROUNDS = int(os.environ.get("BENCH_OVERHEAD_ROUNDS", "12"))
+
+
+def main() -> None:
+    with scratch_database(f"bench_overhead_{os.getpid()}") as url:
+        os.environ.update(
+            {"SAGAS_DATABASE_URL": url, "SAGAS_DO_TOKEN": "bench", "SAGAS_HOME": "/tmp/bench-sagas"}
+        )
+        emit(run())
+
+
+def run() -> list[Any]:
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    import flows.app
+    from benchmarks.catalog import bench_catalog, noop_names
+    from flows.testing import test_saga
+
+    flows.app.catalog = bench_catalog  # type: ignore[attr-defined]  # build_app() now knows noop_i
+    names = noop_names(N)
+
+    def make_task(i: int) -> Any:
+        def noop() -> dict[str, Any]:
+            return {}
+
+        noop.__name__ = f"noop_{i}"
+        return task(
+            name=f"noop_{i}", cache_policy=NO_CACHE, persist_result=False, retries=0, log_prints=False
+        )(noop)
+
+    plain_tasks = [make_task(i) for i in range(N)]
+
+    @flow(name="plain-noops", log_prints=False)
+    def plain_flow() -> int:
+        for t in plain_tasks:
+            t()
+        return N
+
+    def ours() -> float:
+        t0 = time.perf_counter()
+        result = test_saga(params={"steps": names})
+        elapsed = time.perf_counter() - t0
+        assert result["status"] == "completed", result
+        return elapsed
+
+    def plain() -> float:
+        t0 = time.perf_counter()
+        plain_flow()
+        return time.perf_counter() - t0
+
+    for _ in range(2):  # warm-up: imports, connections, compiled statements, server caches
+        plain()
+        ours()
+    plain_times, our_times = [], []
+    for i in range(ROUNDS):
+        if i % 2:
+            our_times.append(ours())
+            plain_times.append(plain())
+        else:
+            plain_times.append(plain())
+            our_times.append(ours())
+    p, o = median(plain_times), median(our_times)
+    return [
+        metric(
+            "overhead.saga_vs_plain_ratio",
+            o / p,
+            "x",
+            "<=",
+            1.10,
+            f"{N} no-op steps, median of {ROUNDS}: saga flow {o * 1000:.0f} ms, plain flow {p * 1000:.0f} ms",
+        ),
+        metric("overhead.saga_flow_ms", o * 1000, "ms", detail=f"{(o - p) / N * 1000:.1f} ms extra per step"),
+        metric("overhead.plain_flow_ms", p * 1000, "ms", detail=f"{p / N * 1000:.1f} ms per plain task"),
+    ]
+
+
+if __name__ == "__main__":
+    main()
