@@ -74,9 +74,13 @@ def simulator() -> Iterator[Any]:
 @pytest.fixture
 def sim(simulator: Any) -> Iterator[httpx.Client]:
     """A control client for the simulator, reset before each test."""
+    from sagas.digitalocean.simulator import SimulatorConfig
+
     with httpx.Client(base_url=simulator.base_url, timeout=10) as control:
         control.post("/_sim/reset").raise_for_status()
-        control.post("/_sim/config", json={"time_scale": 0.02}).raise_for_status()
+        # Every setting back to its default (a test may have lowered the rate limit), 50x fast.
+        defaults = SimulatorConfig(time_scale=0.02).model_dump()
+        control.post("/_sim/config", json=defaults).raise_for_status()
         yield control
 
 

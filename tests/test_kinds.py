@@ -80,7 +80,7 @@ def _act_and_wait(
         droplet = api.get(f"/v2/droplets/{droplet_id}").json()["droplet"]
         if action["status"] != "in-progress" and (until is None or until(droplet)):
             return dict(action)
-        time.sleep(0.02)
+        time.sleep(0.05)
     raise AssertionError(f"{body} did not finish")
 
 

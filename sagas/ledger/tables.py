@@ -92,6 +92,12 @@ Index("saga_runs_created_idx", saga_runs.c.created_at.desc(), saga_runs.c.id)
 Index("saga_runs_status_created_idx", saga_runs.c.status, saga_runs.c.created_at.desc())
 Index("saga_runs_kind_created_idx", saga_runs.c.kind, saga_runs.c.created_at.desc())
 Index(
+    "saga_runs_status_kind_created_idx",
+    saga_runs.c.status,
+    saga_runs.c.kind,
+    saga_runs.c.created_at.desc(),
+)
+Index(
     "saga_runs_deployment_created_idx",
     saga_runs.c.deployment_id,
     saga_runs.c.created_at.desc(),
