@@ -9,7 +9,7 @@ flow run and the droplet, so a retried flow run resumes its sagas instead of dou
 from __future__ import annotations
 
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from prefect import flow
@@ -66,10 +66,21 @@ def _snapshot_one(app: App, params: FleetParameters, droplet_id: int, run_key: s
     }
 
 
+def _artifact_key(prefix: str, tag: str) -> str:
+    return f"{prefix}-{tag.lower().replace('_', '-').replace(':', '-')}"
+
+
+def _tally(counts: dict[str, int], total: int) -> str:
+    done = counts.get("completed", 0)
+    rolled_back = counts.get("rolled_back", 0)
+    other = sum(counts.values()) - done - rolled_back
+    return f"{done} done, {rolled_back} rolled back, {other} failed or skipped, of {total} droplets"
+
+
 @flow(name="fleet-snapshot", log_prints=False)
 def fleet_snapshot(params: FleetParameters) -> dict[str, Any]:
     """Snapshot every droplet with the tag; a table artifact lists each droplet's outcome."""
-    from prefect.artifacts import create_table_artifact
+    from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
     app = build_app()
     reader = app.runner().services
@@ -80,13 +91,26 @@ def fleet_snapshot(params: FleetParameters) -> dict[str, Any]:
     finally:
         reader.close()
     run_key = str(flow_run.id or uuid.uuid4())
-    with ThreadPoolExecutor(max_workers=params.max_concurrency, thread_name_prefix="fleet") as pool:
-        outcomes = list(pool.map(lambda d: _snapshot_one(app, params, d, run_key), droplets))
+    progress: Any = create_progress_artifact(  # sync context: the artifact's id
+        progress=0.0, key=_artifact_key("fleet-progress", params.tag), description=_tally({}, len(droplets))
+    )
+    outcomes: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
-    for outcome in outcomes:
-        counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
+    with ThreadPoolExecutor(max_workers=params.max_concurrency, thread_name_prefix="fleet") as pool:
+        futures = [pool.submit(_snapshot_one, app, params, d, run_key) for d in droplets]
+        # Progress is reported from the flow's own thread as each saga ends.
+        for future in as_completed(futures):
+            outcome = future.result()
+            outcomes.append(outcome)
+            counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
+            update_progress_artifact(
+                progress,
+                progress=100.0 * len(outcomes) / len(droplets),
+                description=_tally(counts, len(droplets)),
+            )
+    outcomes.sort(key=lambda o: int(o["droplet"]))
     create_table_artifact(
-        key=f"fleet-snapshot-{params.tag.lower().replace('_', '-').replace(':', '-')}",
+        key=_artifact_key("fleet-snapshot", params.tag),
         table=outcomes,
         description=f"**fleet snapshot of tag {params.tag}**: "
         + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())),

@@ -281,6 +281,17 @@ def test_fleet_snapshot_stays_inside_the_rate_limit(
     assert counters["responses_429"] == 0
     names = sorted(s["name"] for s in live_snapshots(sim))
     assert len(names) == 8 and all(n.endswith("-nightly") for n in names)
+    with httpx.Client(base_url=prefect_api, timeout=10) as prefect:
+        [progress] = prefect.post(
+            "/artifacts/filter", json={"artifacts": {"key": {"any_": ["fleet-progress-fleet"]}}}
+        ).json()
+        [table] = prefect.post(
+            "/artifacts/filter", json={"artifacts": {"key": {"any_": ["fleet-snapshot-fleet"]}}}
+        ).json()
+    assert progress["type"] == "progress" and progress["data"] == 100.0
+    assert progress["description"] == "8 done, 0 rolled back, 0 failed or skipped, of 8 droplets"
+    rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    assert [row["status"] for row in rows] == ["completed"] * 8
     assert {int(n.split("-")[2]) for n in names} == set(droplets)
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sagas.ledger.store import Ledger
 from tests.conftest import REPO, live_snapshots, seed_droplet
 from tests.prefect_live import LivePrefect, live_pids, prefect_live_fixture  # noqa: F401  (fixture `prefect_live`)
+from tests.test_kinds import expected_after, prepare, world
 
 pytestmark = pytest.mark.slow
 
@@ -216,3 +217,17 @@ def _recorded_action(ledger: Ledger, flow_run_id: uuid.UUID) -> bool:
     if saga is None:
         return False
     return any("action_id" in s.output for s in ledger.list_step_results(saga.id))
+
+
+@pytest.mark.parametrize("kind", [k for k in SAGA_KINDS if k not in ("snapshot", "test")])
+def test_each_kind_through_the_api(
+    kind: str, prefect_live: LivePrefect, sim: httpx.Client, api: httpx.Client, ledger: Ledger
+) -> None:
+    """Every kind's deployment, triggered as an API caller would, ends completed in ledger and simulator."""
+    inputs = prepare(kind, sim, api)
+    before = world(sim, api)
+    run = prefect_live.run_deployment(f"{kind}/{kind}", {"params": inputs})
+    assert run.state_type.value == "COMPLETED", (run.state, prefect_live.worker_log())
+    saga = ledger.find_saga_by_flow_run(run.id)
+    assert saga is not None and saga.status.value == "completed"
+    assert world(sim, api) == expected_after(list(saga.step_names), before, saga, inputs)
