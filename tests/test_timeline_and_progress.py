@@ -49,6 +49,7 @@ def test_timeline_of_a_completed_saga_shows_the_wait_on_the_provider(
 def test_timeline_of_a_rolled_back_saga_shows_failure_and_undo(
     sim: httpx.Client, ledger: Ledger, settings: Settings
 ) -> None:
+    sim.post("/_sim/config", json={"action_seconds": 110})  # 2.2 s: the provider counts whole seconds
     saga = run_saga(
         ledger, settings, "test", {"droplet_id": seed_droplet(sim)}, ["create_droplet_snapshot", "fail"]
     )
