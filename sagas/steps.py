@@ -21,6 +21,8 @@ from sagas.errors import InputError, SagaCancelledError, UnknownKindError, Unkno
 from sagas.models import NewSaga, Reversibility
 from sagas.services import Services
 
+CANCEL_CHECK_SECONDS = 5.0  # the longest a cancel waits on a sleeping step
+
 
 @dataclass(frozen=True)
 class KeyScope:
@@ -69,9 +71,15 @@ class StepContext:
             raise SagaCancelledError(f"saga {self.saga_id} was cancelled during {self.step_name}")
 
     def sleep(self, seconds: float) -> None:
-        self.check_cancel()
-        self.services.sleep(seconds)
-        self.check_cancel()
+        """Wait, checking for a cancel at least every few seconds of a long wait."""
+        remaining = seconds
+        while True:
+            self.check_cancel()
+            if remaining <= 0:
+                return
+            slice_ = min(remaining, CANCEL_CHECK_SECONDS)
+            self.services.sleep(slice_)
+            remaining -= slice_
 
 
 class NoInputs(BaseModel):
