@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     do_token_provisioning: SecretStr | None = None
     do_token_read: SecretStr | None = None
     do_timeout_seconds: float = Field(default=30.0, gt=0)
-    do_rate_limit_per_minute: int = Field(default=250, ge=1, description="The account's limit, shared per token.")
+    do_rate_limit_per_minute: int = Field(
+        default=250, ge=1, description="The account's limit, shared per token."
+    )
     do_rate_limit_per_hour: int = Field(default=5000, ge=1)
     do_rate_window_scale: float = Field(
         default=1.0, gt=0, description="Shrink the rate windows (for a simulator whose time runs faster)."
