@@ -42,7 +42,27 @@ class App:
         return Runner(self.ledger, self.catalog, services, invoke)
 
     def provisioning(self) -> Provisioning:
-        return Provisioning(self.ledger, self.catalog)
+        return Provisioning(self.ledger, self.catalog, launch=launch_on_deployment)
+
+
+def launch_on_deployment(saga: SagaRun) -> None:
+    """Start the saga's flow run on its kind's deployment (``<kind>/<kind>`` in prefect.yaml).
+
+    The saga id goes in the parameters and the idempotency key, so launching twice makes one run.
+    """
+    from prefect.deployments import run_deployment
+
+    params: dict[str, Any] = {**saga.inputs, "saga_id": str(saga.id), "triggered_by": saga.triggered_by}
+    if saga.deployment_id is not None:
+        params["deployment_id"] = saga.deployment_id
+    if saga.kind == "test":
+        params["steps"] = list(saga.step_names)
+    run_deployment(
+        f"{saga.kind}/{saga.kind}",
+        parameters={"params": params},
+        timeout=0,
+        idempotency_key=f"saga-{saga.id}",
+    )
 
 
 def secret_block_token(settings: Settings, purpose: TokenPurpose) -> SecretStr | None:

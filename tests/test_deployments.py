@@ -231,3 +231,27 @@ def test_each_kind_through_the_api(
     saga = ledger.find_saga_by_flow_run(run.id)
     assert saga is not None and saga.status.value == "completed"
     assert world(sim, api) == expected_after(list(saga.step_names), before, saga, inputs)
+
+
+def test_start_saga_records_then_launches_its_deployment(
+    prefect_live: LivePrefect, sim: httpx.Client, ledger: Ledger
+) -> None:
+    """The seed's start_saga / snapshot_droplet: a row first, then a flow run on the kind's deployment."""
+    from flows.app import build_app
+
+    droplet = seed_droplet(sim)
+    with prefect_live.settings():
+        provisioning = build_app().provisioning()
+        saga = provisioning.snapshot_droplet(droplet, label="adhoc", triggered_by="user:42")
+        again = provisioning.start_saga(
+            "snapshot", {"droplet_id": droplet, "label": "adhoc"}, saga_id=saga.id, triggered_by="user:42"
+        )
+    assert again.id == saga.id
+    deadline = time.monotonic() + 120
+    while ledger.get_saga(saga.id).status.value != "completed":
+        assert time.monotonic() < deadline, (ledger.get_saga(saga.id), prefect_live.worker_log())
+        time.sleep(0.5)
+    done = ledger.get_saga(saga.id)
+    assert done.triggered_by == "user:42" and done.flow_run_id is not None
+    assert [s["name"] for s in live_snapshots(sim)] == [f"arcadia-snap-{droplet}-{saga.id.hex[:8]}-adhoc"]
+    assert count_rows(ledger) == (1, 1)  # launched twice, one saga, one run
