@@ -1,11 +1,13 @@
 """Run every benchmark (each in its own process) and print one table: name, value, target, PASS|MISS.
 
-Usage: ``scripts/bench`` (or ``python -m benchmarks.run [--quick]``). Results also go to
+Usage: ``scripts/bench [--quick] [WORD ...]`` (or ``python -m benchmarks.run``); words pick the
+benchmarks whose label contains one (``scripts/bench overhead``). Results also go to
 ``benchmarks/results/latest.json`` with the machine's description.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -87,7 +89,12 @@ def main() -> int:
     failures: list[str] = []
     timings: dict[str, float] = {}
 
+    # ``scripts/bench overhead fleet``: only the benchmarks whose label contains one of the words.
+    only = [a for a in sys.argv[1:] if not a.startswith("-")]
+
     def bench(label: str, args: list[str], env: dict[str, str], timeout: float = 600) -> None:
+        if only and not any(word in label for word in only):
+            return
         print(f"... {label}", file=sys.stderr, flush=True)
         metrics, elapsed, error = run_module(args, {**env_quick, **env}, timeout)
         timings[label] = elapsed
@@ -97,7 +104,13 @@ def main() -> int:
 
     bench("ledger cost", ["benchmarks.ledger_bench", "cost"], {})
     bench("ledger at scale", ["benchmarks.ledger_bench", "scale"], {})
-    with prefect_server(f"bench_prefect_{os.getpid()}") as prefect_env:
+    needs_prefect = ("orchestration overhead", "fleet", "fleet baseline", "concurrency")
+    prefect: contextlib.AbstractContextManager[dict[str, str]]
+    if only and not any(word in label for label in needs_prefect for word in only):
+        prefect = contextlib.nullcontext({})
+    else:
+        prefect = prefect_server(f"bench_prefect_{os.getpid()}")
+    with prefect as prefect_env:
         bench("orchestration overhead", ["benchmarks.overhead"], prefect_env)
         bench("fleet", ["benchmarks.fleet", "product"], prefect_env)
         bench("fleet baseline", ["benchmarks.fleet", "baseline"], prefect_env)
@@ -126,7 +139,7 @@ def main() -> int:
         print(f"\nFAILED: {failure}")
     out = REPO / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(
+    (out / ("partial.json" if only else "latest.json")).write_text(
         json.dumps({"machine": info, "metrics": rows, "timings": timings, "quick": quick}, indent=2)
     )
     missed = [r["name"] for r in rows if r["ok"] is False]

@@ -142,3 +142,21 @@ class Lease:
     owner: uuid.UUID
     epoch: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """The step to record started in the same write that records the previous one completed."""
+
+    idx: int
+    name: str
+    idempotency_key: str
+    unless_cancelled: bool  # not past a pivot: a requested cancel stops the saga before this step
+
+
+@dataclass(frozen=True)
+class StepCompletion:
+    """What recording a step completed learned: a cancel request, and the next step's row."""
+
+    cancel_requested: bool
+    next_started: StepResult | None

@@ -30,7 +30,7 @@ from sagas.errors import (
     UnknownStepError,
 )
 from sagas.ledger.store import Ledger
-from sagas.models import Lease, Reversibility, SagaRun, SagaStatus, StepResult, StepStatus
+from sagas.models import Lease, NextStep, Reversibility, SagaRun, SagaStatus, StepResult, StepStatus
 from sagas.services import Services
 from sagas.steps import Catalog, KeyScope, StepContext, StepDefinition
 
@@ -208,10 +208,13 @@ class Runner:
     # -- forward -----------------------------------------------------------------------------
 
     def _run_forward(self, lease: Lease, saga: SagaRun, heartbeat: _Heartbeat) -> SagaStatus:
-        self.ledger.set_saga_status(lease, SagaStatus.RUNNING, keep_error=True)
+        # Whether a cancel was requested, as of the runner's latest ledger write: every fenced
+        # write reads it in the same statement, so a step boundary costs no extra query.
+        cancel_requested = self.ledger.set_saga_status(lease, SagaStatus.RUNNING, keep_error=True)
         rows = {r.step_idx: r for r in self.ledger.list_step_results(saga.id)}
         outputs: dict[str, Mapping[str, Any]] = {}
         past_pivot = False  # once a pivot completed there is no way back: failures retry forward
+        prestarted: StepResult | None = None  # recorded started with the previous step's completion
         for idx, name in enumerate(saga.step_names):
             step = self.catalog.step(name)
             row = rows.get(idx)
@@ -222,14 +225,17 @@ class Runner:
             if row is not None and row.status is StepStatus.FAILED and not past_pivot:
                 # Died between recording the failure and starting the rollback: roll back now.
                 return self._begin_rollback(lease, row.error or f"step {name} failed")
-            if not past_pivot and self.ledger.is_cancel_requested(saga.id):
+            if not past_pivot and cancel_requested:
                 return self._begin_rollback(lease, f"cancelled before step {name}")
             key = step.idempotency_key(self._key_scope(saga))
             attempt = 0
             while True:
                 attempt += 1
                 try:
-                    started = self.ledger.record_step_started(lease, idx, name, key)
+                    if attempt == 1 and prestarted is not None and prestarted.step_idx == idx:
+                        started = prestarted
+                    else:
+                        started = self.ledger.record_step_started(lease, idx, name, key)
                 except IdempotencyConflictError as exc:
                     if past_pivot:
                         return self._fail_forward(lease, name, describe(exc))
@@ -257,11 +263,28 @@ class Runner:
             if heartbeat.lost.is_set():
                 raise LeaseLostError(f"the lease on saga {saga.id} was lost during {name}")
             result = {**ctx.notes, **(output or {})}
-            self.ledger.record_step_completed(lease, idx, name, result)
             outputs[name] = {**ctx.recorded, **result}
             past_pivot |= step.reversibility_for(saga.inputs) is Reversibility.PIVOT
+            completion = self.ledger.record_step_completed(
+                lease, idx, name, result, then_start=self._next_step(saga, idx + 1, rows, past_pivot)
+            )
+            cancel_requested, prestarted = completion.cancel_requested, completion.next_started
         self.ledger.set_saga_status(lease, SagaStatus.COMPLETED)
         return SagaStatus.COMPLETED
+
+    def _next_step(
+        self, saga: SagaRun, idx: int, rows: Mapping[int, StepResult], past_pivot: bool
+    ) -> NextStep | None:
+        """The next step, to record started in the same write as this one's completion: only a
+        step with no ledger row yet (a recorded one goes through the loop's checks)."""
+        if idx >= len(saga.step_names) or idx in rows:
+            return None
+        step = self.catalog.step(saga.step_names[idx])
+        try:
+            key = step.idempotency_key(self._key_scope(saga))
+        except Exception:
+            return None  # the loop computes it again, and fails there, after this step is recorded
+        return NextStep(idx=idx, name=step.name, idempotency_key=key, unless_cancelled=not past_pivot)
 
     def _forward_backoff(self, attempt: int) -> float:
         settings = self.services.settings

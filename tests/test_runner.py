@@ -116,6 +116,44 @@ def test_completes_and_records_outputs(ledger: Ledger, settings: Settings, recor
     assert saga.lease_owner is None
 
 
+def test_one_ledger_write_per_step_boundary(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
+    """A step's completion and the next step's start are one statement: one commit, one now()."""
+    catalog = make_catalog(recorder)
+    saga_id = new_saga(ledger, catalog)
+    make_runner(ledger, settings, catalog).advance(saga_id)
+    a, b, c = ledger.list_step_results(saga_id)
+    assert (b.started_at, c.started_at) == (a.completed_at, b.completed_at)
+    assert [s.attempts for s in (a, b, c)] == [1, 1, 1]
+    assert (b.idempotency_key, c.idempotency_key) == (f"arcadia-b-{saga_id.hex}", f"arcadia-c-{saga_id.hex}")
+
+
+def test_a_next_step_whose_key_another_saga_holds_rolls_back_what_ran(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
+    """The write that completes ``a`` would also start ``shared``, whose key another saga holds:
+    ``a`` is still recorded completed (then undone), ``shared`` never starts, the holder is untouched."""
+    shared = StepDefinition(
+        name="shared",
+        execute=lambda ctx: recorder.calls.append("execute:shared") or {},
+        compensate=lambda ctx: recorder.calls.append("compensate:shared"),
+        idempotency_key=lambda scope: "arcadia-one-name-for-everyone",
+    )
+    catalog = Catalog(
+        steps=[recorder.step("a"), shared],
+        kinds=[KindDefinition(name="clash", version="1", inputs_model=AnyInputs, steps=("a", "shared"))],
+    )
+    holder, _ = ledger.create_saga(catalog.new_saga("clash", {"n": 1}))
+    assert make_runner(ledger, settings, catalog).advance(holder.id).status is SagaStatus.COMPLETED
+    recorder.calls.clear()
+    second, _ = ledger.create_saga(catalog.new_saga("clash", {"n": 2}))
+    saga = make_runner(ledger, settings, catalog).advance(second.id)
+    assert saga.status is SagaStatus.ROLLED_BACK
+    assert saga.error is not None and "arcadia-one-name-for-everyone" in saga.error
+    assert recorder.calls == ["execute:a", "compensate:a"]
+    assert step_statuses(ledger, second.id) == {"a": "compensated"}
+    assert step_statuses(ledger, holder.id) == {"a": "completed", "shared": "completed"}
+
+
 def test_failure_compensates_in_reverse_including_the_failed_step(
     ledger: Ledger, settings: Settings, recorder: Recorder
 ) -> None:
@@ -273,6 +311,7 @@ def test_cancel_between_steps_rolls_back(ledger: Ledger, settings: Settings, rec
     saga = make_runner(ledger, settings, catalog).advance(saga_id)
     assert saga.status is SagaStatus.ROLLED_BACK
     assert "execute:c" not in recorder.calls
+    assert "c" not in step_statuses(ledger, saga_id)  # the write that completed b saw the cancel
     assert saga.error is not None and "cancelled before step c" in saga.error
 
 

@@ -15,7 +15,19 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, delete, func, insert, literal, or_, select, text, update
+from psycopg.types.json import Jsonb
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -29,15 +41,17 @@ from sagas.errors import (
     SagaBusyError,
     SagaNotFoundError,
 )
-from sagas.ledger.database import translate_db_errors
+from sagas.ledger.database import autocommit_cursor, translate_db_errors
 from sagas.ledger.tables import operator_actions, saga_resource_locks, saga_runs, saga_step_results
 from sagas.models import (
     Lease,
     NewSaga,
+    NextStep,
     OperatorAction,
     RecordedStep,
     SagaRun,
     SagaStatus,
+    StepCompletion,
     StepResult,
     StepStatus,
 )
@@ -235,10 +249,10 @@ class Ledger:
     def renew(self, lease: Lease) -> bool:
         """Extend the lease; False when it was lost (the caller must stop)."""
         try:
-            with self._fenced(lease, "renew a lease"):
-                return True
+            self._fenced_write(lease, "renew a lease", _FENCE_ONLY)
         except LeaseLostError:
             return False
+        return True
 
     def release(self, lease: Lease) -> None:
         statement = (
@@ -253,26 +267,36 @@ class Ledger:
 
     @contextmanager
     def _fenced(self, lease: Lease, doing: str) -> Iterator[Connection]:
-        """A transaction that proves (and renews) the lease before anything else is written."""
-        fence = text(
-            "UPDATE saga_runs SET lease_expires_at = now() + make_interval(secs => :secs),"
-            " updated_at = now()"
-            " WHERE id = :id AND lease_owner = :owner AND lease_epoch = :epoch"
-            " AND lease_expires_at > now() RETURNING id"
-        )
+        """A transaction that proves (and renews) the lease before anything else is written.
+
+        For writes of several statements (an operator's resolution); the runner's own writes are
+        one statement each, see ``_fenced_write``.
+        """
         with translate_db_errors(doing), self._engine.begin() as conn:
-            held = conn.execute(
-                fence,
-                {"secs": lease.seconds, "id": lease.saga_id, "owner": lease.owner, "epoch": lease.epoch},
-            ).one_or_none()
+            held = conn.exec_driver_sql(_FENCE_ONLY, _lease_params(lease)).one_or_none()
             if held is None:
-                raise LeaseLostError(
-                    f"this runner lost its lease on saga {lease.saga_id} (expired or taken over);"
-                    " it stopped without writing"
-                )
+                raise _lease_lost(lease)
             yield conn
 
+    def _fenced_write(self, lease: Lease, doing: str, statement: str, **params: Any) -> dict[str, Any]:
+        """One statement that renews the lease and writes only if the lease is still ours.
+
+        The statement's ``fence`` CTE updates the saga row ``WHERE`` the lease is ours and returns
+        the saga's ``cancel_requested``; every write in it selects from ``fence``, so a lost lease
+        writes nothing. Being one statement, it runs in autocommit on the driver connection: one
+        round trip, one commit, and none of the per-call cost of a SQLAlchemy transaction (these
+        writes are the ledger's hot path, a few per step). Returns the statement's row; raises
+        LeaseLostError when there is none.
+        """
+        with translate_db_errors(doing), autocommit_cursor(self._engine) as cursor:
+            row = cursor.execute(statement, {**_lease_params(lease), **params}).fetchone()
+        if row is None:
+            raise _lease_lost(lease)
+        return row
+
     # -- fenced writes by the runner ---------------------------------------------------------
+    # Each returns what it needs to and, where the runner asks "was a cancel requested?" at the
+    # next step boundary, the saga's ``cancel_requested`` as the same statement read it.
 
     def set_saga_status(
         self,
@@ -281,146 +305,115 @@ class Ledger:
         *,
         error: str | None = None,
         keep_error: bool = False,
-    ) -> None:
-        values: dict[str, Any] = {"status": status.value}
-        if not keep_error:
-            values["error"] = error
-        if status is SagaStatus.RUNNING:
-            values["started_at"] = func.coalesce(saga_runs.c.started_at, func.now())
-        values["finished_at"] = func.now() if status.is_terminal or status.needs_operator else None
-        with self._fenced(lease, f"mark the saga {status.value}") as conn:
-            conn.execute(update(saga_runs).where(saga_runs.c.id == lease.saga_id).values(**values))
-            if status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK):
-                # Finished cleanly: the resource is free. A saga that needs an operator keeps it.
-                conn.execute(
-                    delete(saga_resource_locks).where(saga_resource_locks.c.saga_id == lease.saga_id)
-                )
+    ) -> bool:
+        """Set the saga's status (freeing its resource once it finished cleanly); returns whether
+        a cancel is requested."""
+        row = self._fenced_write(
+            lease,
+            f"mark the saga {status.value}",
+            _SET_STATUS,
+            status=status.value,
+            error=error,
+            keep_error=keep_error,
+            running=status is SagaStatus.RUNNING,
+            finished=status.is_terminal or status.needs_operator,
+            # Finished cleanly: the resource is free. A saga that needs an operator keeps it.
+            release=status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK),
+        )
+        return bool(row["fence_cancel_requested"])
 
     def record_step_started(self, lease: Lease, idx: int, name: str, idempotency_key: str) -> StepResult:
-        statement = (
-            pg_insert(saga_step_results)
-            .values(
-                saga_id=lease.saga_id,
-                step_idx=idx,
-                step_name=name,
-                status=StepStatus.RUNNING.value,
-                idempotency_key=idempotency_key,
-                attempts=1,
-                started_at=func.now(),
+        try:
+            row = self._fenced_write(
+                lease, f"record step {name} started", _STEP_STARTED, idx=idx, name=name, key=idempotency_key
             )
-            .on_conflict_do_update(
-                constraint="saga_step_results_saga_step_key",
-                set_={
-                    "status": StepStatus.RUNNING.value,
-                    "attempts": saga_step_results.c.attempts + 1,
-                    "error": None,
-                    "updated_at": func.now(),
-                },
-                where=(saga_step_results.c.step_name == name)
-                & (saga_step_results.c.idempotency_key == idempotency_key),
-            )
-            .returning(saga_step_results)
-        )
-        conflict = (
-            select(saga_step_results.c.saga_id)
-            .where(saga_step_results.c.idempotency_key == idempotency_key)
-            .where(saga_step_results.c.saga_id != lease.saga_id)
-        )
-        with self._fenced(lease, f"record step {name} started") as conn:
-            other = conn.execute(conflict).scalar_one_or_none()
-            if other is not None:
-                raise IdempotencyConflictError(
-                    f"step {name} would use the name {idempotency_key}, which saga {other} already"
-                    " recorded: nothing was done; start the saga again with a new id"
-                )
-            row = conn.execute(statement).one_or_none()
-        if row is None:
+        except LedgerError as exc:
+            if not _is_idempotency_conflict(exc):
+                raise
+            other = self._idempotency_key_holder(idempotency_key)
+            raise IdempotencyConflictError(
+                f"step {name} would use the name {idempotency_key}, which saga {other} already"
+                " recorded: nothing was done; start the saga again with a new id"
+            ) from exc
+        if row["id"] is None:
             # The row exists under another name or key: the definition changed under us (rule 7).
             raise DefinitionMismatchError(
                 f"saga {lease.saga_id} step {idx} was recorded under another name or key than {name}"
             )
         return _step(row)
 
+    def _idempotency_key_holder(self, key: str) -> uuid.UUID | None:
+        query = select(saga_step_results.c.saga_id).where(saga_step_results.c.idempotency_key == key)
+        with translate_db_errors("read who holds an idempotency key"), self._engine.connect() as conn:
+            holder: uuid.UUID | None = conn.execute(query).scalar_one_or_none()
+        return holder
+
     def record_step_progress(self, lease: Lease, idx: int, patch: Mapping[str, Any]) -> None:
         """Merge what a step learned mid-way (an action id) into its output, before going on."""
-        self._update_step(
-            lease,
-            idx,
-            f"record step {idx} progress",
-            output=saga_step_results.c.output.op("||")(_json(patch)),
-        )
+        self._update_step(lease, idx, f"record step {idx} progress", _STEP_PROGRESS, patch=Jsonb(dict(patch)))
 
-    def record_step_completed(self, lease: Lease, idx: int, name: str, output: Mapping[str, Any]) -> None:
-        with self._fenced(lease, f"record step {name} completed") as conn:
-            merged = conn.execute(
-                update(saga_step_results)
-                .where(saga_step_results.c.saga_id == lease.saga_id)
-                .where(saga_step_results.c.step_idx == idx)
-                .values(
-                    status=StepStatus.COMPLETED.value,
-                    output=saga_step_results.c.output.op("||")(_json(output)),
-                    error=None,
-                    completed_at=func.now(),
-                    updated_at=func.now(),
-                )
-                .returning(saga_step_results.c.output)
-            ).scalar_one()
-            conn.execute(
-                update(saga_runs)
-                .where(saga_runs.c.id == lease.saga_id)
-                .values(context=saga_runs.c.context.op("||")(func.jsonb_build_object(name, _json(merged))))
-            )
+    def record_step_completed(
+        self,
+        lease: Lease,
+        idx: int,
+        name: str,
+        output: Mapping[str, Any],
+        *,
+        then_start: NextStep | None = None,
+    ) -> StepCompletion:
+        """Mark the step completed and merge its output into the step row and the saga's context.
+
+        With ``then_start``, the same statement (one commit) also records the next step started,
+        unless ``then_start.unless_cancelled`` and a cancel is requested: the runner's one ledger
+        write per step boundary. Returns whether a cancel is requested and the next step's row if
+        it was started. When the next step's idempotency key is another saga's, this step is still
+        recorded completed and the next is not started (``record_step_started`` then says why).
+        """
+        doing = f"record step {name} completed"
+        params: dict[str, Any] = {
+            "idx": idx,
+            "name": name,
+            "output": Jsonb(dict(output)),
+            "start_next": then_start is not None,
+            "next_idx": None if then_start is None else then_start.idx,
+            "next_name": None if then_start is None else then_start.name,
+            "next_key": None if then_start is None else then_start.idempotency_key,
+            "unless_cancelled": then_start is not None and then_start.unless_cancelled,
+        }
+        try:
+            row = self._fenced_write(lease, doing, _STEP_COMPLETED, **params)
+        except LedgerError as exc:
+            if then_start is None or not _is_idempotency_conflict(exc):
+                raise
+            row = self._fenced_write(lease, doing, _STEP_COMPLETED, **{**params, "start_next": False})
+        if row["completed_rows"] != 1:
+            raise LedgerError(f"could not {doing}: step {idx} of saga {lease.saga_id} has no ledger row")
+        started = _step(row) if row["id"] is not None else None
+        return StepCompletion(cancel_requested=bool(row["fence_cancel_requested"]), next_started=started)
 
     def record_step_failed(self, lease: Lease, idx: int, error: str) -> None:
-        self._update_step(
-            lease,
-            idx,
-            f"record step {idx} failed",
-            status=StepStatus.FAILED.value,
-            error=error,
-            failed_at=func.now(),
-        )
+        self._update_step(lease, idx, f"record step {idx} failed", _STEP_FAILED, error=error)
 
     def record_step_compensating(self, lease: Lease, idx: int) -> None:
-        self._update_step(
-            lease,
-            idx,
-            f"record step {idx} compensating",
-            status=StepStatus.COMPENSATING.value,
-            compensation_attempts=saga_step_results.c.compensation_attempts + 1,
-            compensation_started_at=func.coalesce(saga_step_results.c.compensation_started_at, func.now()),
-        )
+        self._update_step(lease, idx, f"record step {idx} compensating", _STEP_COMPENSATING)
 
     def record_step_compensated(
         self, lease: Lease, idx: int, final: StepStatus = StepStatus.COMPENSATED
     ) -> None:
-        self._update_step(
-            lease,
-            idx,
-            f"record step {idx} compensated",
-            status=final.value,
-            compensated_at=func.now(),
-        )
+        self._update_step(lease, idx, f"record step {idx} compensated", _STEP_COMPENSATED, status=final.value)
 
     def record_step_compensation_failed(self, lease: Lease, idx: int, error: str) -> None:
         self._update_step(
-            lease,
-            idx,
-            f"record step {idx} compensation failed",
-            status=StepStatus.COMPENSATION_FAILED.value,
-            error=error,
+            lease, idx, f"record step {idx} compensation failed", _STEP_COMPENSATION_FAILED, error=error
         )
 
-    def _update_step(self, lease: Lease, idx: int, doing: str, **values: Any) -> None:
-        with self._fenced(lease, doing) as conn:
-            updated = conn.execute(
-                update(saga_step_results)
-                .where(saga_step_results.c.saga_id == lease.saga_id)
-                .where(saga_step_results.c.step_idx == idx)
-                .values(updated_at=func.now(), **values)
-            ).rowcount
-            if updated != 1:
-                raise LedgerError(f"could not {doing}: step {idx} of saga {lease.saga_id} has no ledger row")
+    def _update_step(
+        self, lease: Lease, idx: int, doing: str, statement: str, **params: Any
+    ) -> dict[str, Any]:
+        row = self._fenced_write(lease, doing, statement, idx=idx, **params)
+        if row["updated"] != 1:
+            raise LedgerError(f"could not {doing}: step {idx} of saga {lease.saga_id} has no ledger row")
+        return row
 
     # -- operators (``sagas resolve``, ``sagas orphans``) -------------------------------------
 
@@ -555,6 +548,119 @@ class Ledger:
             return [OperatorAction.model_validate(dict(row._mapping)) for row in conn.execute(query)]
 
 
+# -- the runner's fenced statements ----------------------------------------------------------------
+# ``fence`` renews the lease and proves it in one: it updates the saga row only while this runner
+# holds the lease, and every write below selects from it. Each statement is built once (and
+# prepared by psycopg after a few runs).
+
+_FENCE_SQL = (
+    "UPDATE saga_runs SET lease_expires_at = now() + make_interval(secs => %(lease_secs)s),"
+    " updated_at = now(){set}"
+    " WHERE id = %(saga_id)s AND lease_owner = %(lease_owner)s AND lease_epoch = %(lease_epoch)s"
+    " AND lease_expires_at > now()"
+    " RETURNING id, cancel_requested"
+)
+_IDEMPOTENCY_INDEX = "saga_step_results_idempotency_key_uq"
+
+
+def _fence(set_sql: str = "") -> str:
+    return _FENCE_SQL.format(set=set_sql)
+
+
+def _step_update(set_sql: str) -> str:
+    """Update one step row (and renew the lease); yields ``updated`` (0 or 1) and the cancel flag."""
+    return (
+        f"WITH fence AS ({_fence()}),"
+        f" step AS (UPDATE saga_step_results SET {set_sql}, updated_at = now() FROM fence"
+        " WHERE saga_step_results.saga_id = fence.id AND saga_step_results.step_idx = %(idx)s"
+        " RETURNING saga_step_results.id)"
+        " SELECT fence.cancel_requested AS fence_cancel_requested,"
+        " (SELECT count(*) FROM step) AS updated FROM fence"
+    )
+
+
+_FENCE_ONLY = _fence()
+_SET_STATUS = (
+    "WITH fence AS ("
+    + _fence(
+        ", status = %(status)s,"
+        " error = CASE WHEN %(keep_error)s THEN error ELSE CAST(%(error)s AS text) END,"
+        " started_at = CASE WHEN %(running)s THEN coalesce(started_at, now()) ELSE started_at END,"
+        " finished_at = CASE WHEN %(finished)s THEN now() ELSE NULL END"
+    )
+    + "), released AS (DELETE FROM saga_resource_locks USING fence"
+    " WHERE %(release)s AND saga_resource_locks.saga_id = fence.id RETURNING 1)"
+    " SELECT fence.cancel_requested AS fence_cancel_requested FROM fence"
+)
+_STEP_STARTED = (
+    f"WITH fence AS ({_fence()}),"
+    " step AS (INSERT INTO saga_step_results"
+    " (saga_id, step_idx, step_name, status, idempotency_key, attempts, started_at)"
+    " SELECT fence.id, %(idx)s, %(name)s, 'running', %(key)s, 1, now() FROM fence"
+    " ON CONFLICT ON CONSTRAINT saga_step_results_saga_step_key DO UPDATE SET status = 'running',"
+    " attempts = saga_step_results.attempts + 1, error = NULL, updated_at = now()"
+    " WHERE saga_step_results.step_name = %(name)s AND saga_step_results.idempotency_key = %(key)s"
+    " RETURNING saga_step_results.*)"
+    " SELECT fence.cancel_requested AS fence_cancel_requested, step.* FROM fence LEFT JOIN step ON true"
+)
+_STEP_PROGRESS = _step_update("output = output || %(patch)s")
+# Completing a step: the saga's context gets the step's merged output (both read the step row as it
+# was before this statement, so they agree) and, when asked, the next step is recorded started in
+# the same commit unless a cancel is requested.
+_STEP_COMPLETED = (
+    "WITH fence AS ("
+    + _fence(
+        ", context = context || jsonb_build_object(CAST(%(name)s AS text), coalesce((SELECT s.output"
+        " FROM saga_step_results AS s WHERE s.saga_id = %(saga_id)s AND s.step_idx = %(idx)s),"
+        " '{}'::jsonb) || %(output)s)"
+    )
+    + "), done AS (UPDATE saga_step_results SET status = 'completed', output = output || %(output)s,"
+    " error = NULL, completed_at = now(), updated_at = now() FROM fence"
+    " WHERE saga_step_results.saga_id = fence.id AND saga_step_results.step_idx = %(idx)s"
+    " RETURNING saga_step_results.id),"
+    " nxt AS (INSERT INTO saga_step_results"
+    " (saga_id, step_idx, step_name, status, idempotency_key, attempts, started_at)"
+    " SELECT fence.id, CAST(%(next_idx)s AS integer), CAST(%(next_name)s AS text), 'running',"
+    " CAST(%(next_key)s AS text), 1, now() FROM fence"
+    " WHERE %(start_next)s AND NOT (%(unless_cancelled)s AND fence.cancel_requested)"
+    " AND EXISTS (SELECT 1 FROM done)"
+    " ON CONFLICT ON CONSTRAINT saga_step_results_saga_step_key DO NOTHING"
+    " RETURNING saga_step_results.*)"
+    " SELECT fence.cancel_requested AS fence_cancel_requested,"
+    " (SELECT count(*) FROM done) AS completed_rows, nxt.* FROM fence LEFT JOIN nxt ON true"
+)
+_STEP_FAILED = _step_update("status = 'failed', error = %(error)s, failed_at = now()")
+_STEP_COMPENSATING = _step_update(
+    "status = 'compensating', compensation_attempts = compensation_attempts + 1,"
+    " compensation_started_at = coalesce(compensation_started_at, now())"
+)
+_STEP_COMPENSATED = _step_update("status = %(status)s, compensated_at = now()")
+_STEP_COMPENSATION_FAILED = _step_update("status = 'compensation_failed', error = %(error)s")
+
+
+def _is_idempotency_conflict(exc: LedgerError) -> bool:
+    """The write hit the unique index on idempotency keys: another saga recorded that key."""
+    cause = exc.__cause__
+    diag = getattr(getattr(cause, "orig", cause), "diag", None)
+    return getattr(diag, "constraint_name", None) == _IDEMPOTENCY_INDEX
+
+
+def _lease_params(lease: Lease) -> dict[str, Any]:
+    return {
+        "lease_secs": lease.seconds,
+        "saga_id": lease.saga_id,
+        "lease_owner": lease.owner,
+        "lease_epoch": lease.epoch,
+    }
+
+
+def _lease_lost(lease: Lease) -> LeaseLostError:
+    return LeaseLostError(
+        f"this runner lost its lease on saga {lease.saga_id} (expired or taken over);"
+        " it stopped without writing"
+    )
+
+
 def _json(value: Mapping[str, Any]) -> Any:
     return literal(dict(value), JSONB)
 
@@ -565,5 +671,8 @@ def _saga(row: Row[Any]) -> SagaRun:
     return SagaRun.model_validate(data)
 
 
-def _step(row: Row[Any]) -> StepResult:
-    return StepResult.model_validate(dict(row._mapping))
+def _step(row: Row[Any] | Mapping[str, Any]) -> StepResult:
+    data = dict(row._mapping) if isinstance(row, Row) else dict(row)
+    for extra in ("fence_cancel_requested", "completed_rows"):
+        data.pop(extra, None)
+    return StepResult.model_validate(data)

@@ -104,8 +104,8 @@ Index(
     postgresql_where=saga_runs.c.deployment_id.isnot(None),
 )
 Index(
-    "saga_runs_recoverable_idx",
-    saga_runs.c.lease_expires_at,
+    "saga_runs_unfinished_idx",
+    saga_runs.c.created_at,
     postgresql_where=text("status IN ('pending', 'running', 'compensating')"),
 )
 
