@@ -115,18 +115,18 @@ class Runner:
 
         Raises SagaBusyError (writing nothing) when another runner holds it.
         """
-        lease = self.ledger.claim(saga_id, self.services.settings.lease_seconds)
+        lease, saga = self.ledger.claim_saga(saga_id, self.services.settings.lease_seconds)
         try:
             with _Heartbeat(self.ledger, lease) as heartbeat:
-                self._advance(lease, mode, reason, heartbeat)
+                self._advance(lease, saga, mode, reason, heartbeat)
         except LeaseLostError:
             _log.error("lost the lease on saga %s; stopped without writing more", saga_id)
             raise
         except BaseException:
             self._release_quietly(lease)
             raise
-        self.ledger.release(lease)
-        return self.ledger.get_saga(saga_id)
+        released = self.ledger.release(lease)
+        return released if released is not None else self.ledger.get_saga(saga_id)
 
     def _release_quietly(self, lease: Lease) -> None:
         """On the way out of an error: free the saga for recovery now rather than at lease expiry."""
@@ -137,9 +137,10 @@ class Runner:
                 "could not release saga %s (it frees itself at lease expiry): %s", lease.saga_id, exc
             )
 
-    def _advance(self, lease: Lease, mode: Mode, reason: str | None, heartbeat: _Heartbeat) -> None:
+    def _advance(
+        self, lease: Lease, saga: SagaRun, mode: Mode, reason: str | None, heartbeat: _Heartbeat
+    ) -> None:
         try:
-            saga = self.ledger.get_saga(lease.saga_id)
             try:
                 self._check_definition(saga)
             except DefinitionMismatchError as exc:

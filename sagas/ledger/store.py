@@ -219,6 +219,10 @@ class Ledger:
 
     def claim(self, saga_id: uuid.UUID, lease_seconds: float) -> Lease:
         """Take the saga for this runner, or raise SagaBusyError (writing nothing)."""
+        return self.claim_saga(saga_id, lease_seconds)[0]
+
+    def claim_saga(self, saga_id: uuid.UUID, lease_seconds: float) -> tuple[Lease, SagaRun]:
+        """Take the saga for this runner and read it in the same statement, or raise SagaBusyError."""
         owner = uuid.uuid4()
         statement = (
             update(saga_runs)
@@ -229,22 +233,23 @@ class Ledger:
                 lease_epoch=saga_runs.c.lease_epoch + 1,
                 lease_expires_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, lease_seconds),
             )
-            .returning(saga_runs.c.lease_epoch)
+            .returning(saga_runs)
         )
         with translate_db_errors("claim a saga"), self._engine.begin() as conn:
-            epoch = conn.execute(statement).scalar_one_or_none()
-            if epoch is None:
+            row = conn.execute(statement).one_or_none()
+            if row is None:
                 remaining = conn.execute(
                     select(func.extract("epoch", saga_runs.c.lease_expires_at - func.now())).where(
                         saga_runs.c.id == saga_id
                     )
                 ).one_or_none()
-        if epoch is None:
+        if row is None:
             if remaining is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id}: check the id with `sagas list`")
             seconds = float(remaining[0]) if remaining[0] is not None else None
             raise SagaBusyError(str(saga_id), seconds)
-        return Lease(saga_id=saga_id, owner=owner, epoch=int(epoch), seconds=lease_seconds)
+        lease = Lease(saga_id=saga_id, owner=owner, epoch=int(row.lease_epoch), seconds=lease_seconds)
+        return lease, _saga(row)
 
     def renew(self, lease: Lease) -> bool:
         """Extend the lease; False when it was lost (the caller must stop)."""
@@ -254,16 +259,19 @@ class Ledger:
             return False
         return True
 
-    def release(self, lease: Lease) -> None:
+    def release(self, lease: Lease) -> SagaRun | None:
+        """Give the saga up; returns it as released, or None when the lease was no longer ours."""
         statement = (
             update(saga_runs)
             .where(saga_runs.c.id == lease.saga_id)
             .where(saga_runs.c.lease_owner == lease.owner)
             .where(saga_runs.c.lease_epoch == lease.epoch)
             .values(lease_owner=None, lease_expires_at=None)
+            .returning(saga_runs)
         )
         with translate_db_errors("release a lease"), self._engine.begin() as conn:
-            conn.execute(statement)
+            row = conn.execute(statement).one_or_none()
+        return None if row is None else _saga(row)
 
     @contextmanager
     def _fenced(self, lease: Lease, doing: str) -> Iterator[Connection]:
