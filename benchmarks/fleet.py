@@ -8,9 +8,11 @@ scaled the same way. ``baseline`` polls every 5 simulated seconds, as the origin
 Throughput is measured in steady state: before the flow starts, the token's first minute of
 allowance is spent evenly (250 GETs over one simulated minute, through the same budget), so no
 unspent burst flatters the result; then snapshots completed per simulated minute, from the flow's
-start to the last saga's end (flow start-up, the droplet listing and the last saga's latency count). The rate-limit bound is 250 / R_MIN snapshots a minute, with R_MIN = 4 the
-fewest requests a snapshot saga can make (the check-then-act listing lookup, the POST, one action
-GET that finds it completed, one listing GET that finds the snapshot).
+start to the last saga's end (flow start-up, the droplet listing and the last saga's latency
+count). The rate-limit bound is 250 / R_MIN snapshots a minute, with R_MIN = 4 the fewest requests
+a snapshot saga can make: the droplet's recent actions (recorded before the POST, so that an
+unanswered POST is never mistaken for a neighbour's action), the POST, one action GET that finds
+it completed, one listing GET that finds the snapshot.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ recorded, (b) the provider, for a snapshot with that name or our action still in
 then (c) posts the snapshot action through ``tasks.actions`` (checkpointed before and after, never
 re-posted blindly), so a runner that dies anywhere in between resumes by polling the same action
 instead of posting again (DigitalOcean would accept a second snapshot with the same name once the
-first finished).
+first finished). (b) is skipped only when (a) proves no POST was ever made for this step: the
+ledger records ``action_posting`` before any POST, and the name is this saga's alone.
 """
 
 from __future__ import annotations
@@ -50,13 +51,24 @@ def create_droplet_snapshot(ctx: StepContext) -> Mapping[str, Any]:
     if ctx.recorded.get("snapshot_id"):  # (a) the ledger already knows
         return ctx.recorded
     do = ctx.services.digitalocean()
-    found = do.find_droplet_snapshot_by_name(droplet_id, name)  # (b) the provider knows
-    if found is not None:
-        return _output(droplet_id, found, ctx.recorded.get("action_id"))
+    if _may_have_posted(ctx):
+        found = do.find_droplet_snapshot_by_name(droplet_id, name)  # (b) the provider knows
+        if found is not None:
+            return _output(droplet_id, found, ctx.recorded.get("action_id"))
     # (c) act: post (or adopt the action of an unanswered POST), then wait it out.
     action = perform_droplet_action(ctx, do, droplet_id, SnapshotActionRequest(name=name))
     snapshot = _find_snapshot_with_retry(ctx, do, droplet_id, name, typical="snapshot-listing")
     return _output(droplet_id, snapshot, action.id)
+
+
+def _may_have_posted(ctx: StepContext) -> bool:
+    """Whether an earlier attempt of this step may have asked for the snapshot.
+
+    ``tasks.actions`` records ``action_posting`` (durably, fenced) before every POST, and the name
+    carries this saga's id, so without that record no snapshot of that name can exist: the
+    provider lookup (b) would cost a request against the account's rate limit and find nothing.
+    """
+    return bool(ctx.recorded.get("action_posting") or ctx.recorded.get("action_id"))
 
 
 def delete_droplet_snapshot(ctx: StepContext) -> None:

@@ -36,7 +36,7 @@ class TypicalWait:
     against the account's rate limit; a blind backoff from 1 s spends 3-4 of them per wait.
     """
 
-    def __init__(self, quantile: float = 0.9, gain: float = 0.2) -> None:
+    def __init__(self, quantile: float = 0.95, gain: float = 0.2) -> None:
         self._quantile = quantile
         self._gain = gain
         self._estimates: dict[str, float] = {}
@@ -81,6 +81,7 @@ def wait_until(
         )
         if found is not None:
             return found
+        ctx.sleep(backoff.next())  # it just said "not yet": asking again at once would waste a request
     while True:
         found = poll()
         if found is not None:

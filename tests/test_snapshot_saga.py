@@ -68,6 +68,27 @@ def test_snapshot_saga_completes_with_one_named_snapshot(
     assert saga.context["create_droplet_snapshot"]["snapshot_name"] == name
 
 
+def test_a_first_attempt_asks_the_provider_nothing_it_already_knows(
+    sim: httpx.Client, ledger: Ledger, settings: Settings
+) -> None:
+    """No POST was ever recorded, so no snapshot of this saga's name can exist: no lookup by name
+    before the POST. One listing GET finds it afterwards (no listing lag here)."""
+    sim.post("/_sim/config", json={"snapshot_listing_lag_seconds": 0}).raise_for_status()
+    droplet = seed_droplet(sim)
+    saga_id = start(ledger, "snapshot", {"droplet_id": droplet})
+    before = sim.get("/_sim/state").json()["counters"]["requests"]
+    saga = runner(ledger, settings).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED, saga.error
+    after = sim.get("/_sim/state").json()["counters"]["requests"]
+
+    def made(route: str) -> int:
+        return int(after.get(route, 0)) - int(before.get(route, 0))
+
+    assert made("GET /v2/droplets/{droplet_id}/snapshots") == 1
+    assert made("POST /v2/droplets/{droplet_id}/actions") == 1
+    assert made("GET /v2/droplets/{droplet_id}/actions") == 1  # what ran before our POST
+
+
 def test_seed_smoke_rolls_back_and_leaves_nothing(
     sim: httpx.Client, ledger: Ledger, settings: Settings
 ) -> None:
