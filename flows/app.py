@@ -6,7 +6,9 @@ Every path (the flow body, on_failure, on_cancellation, on_crashed, the recovery
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -145,12 +147,37 @@ def run_saga_flow(
         _rejected_here.add(run_id)  # this run drove nothing: its hooks must not touch the saga
         raise
     _ran_here[run_id] = saga.id
-    publish(app.ledger, result)
+    _publish_while_prefect_finishes(run_id, app.ledger, result)
     if result.status is SagaStatus.COMPENSATING:
         raise SagaDidNotComplete(f"saga {saga.id} is rolling back: {result.error}")
     if result.status is not SagaStatus.COMPLETED:
         raise SagaDidNotComplete(f"saga {saga.id} ended {result.status.value}: {result.error}")
     return summary(result)
+
+
+def _publish_while_prefect_finishes(run_id: str, ledger: Ledger, saga: SagaRun) -> None:
+    """Publish the saga's artifacts and event alongside Prefect's own end of the run.
+
+    Once the body returns, Prefect stores the result and proposes the final state, a round trip
+    to a server that is often still busy with the run's task events; the artifacts need the same
+    server. The publishing thread runs meanwhile, and every flow hook joins it first
+    (``_publish_finished``), so the run ends with its artifacts in place and in order.
+    """
+    if not run_id:
+        publish(ledger, saga)
+        return
+    context = contextvars.copy_context()  # the flow run's context: its client, its ids
+    thread = threading.Thread(
+        target=context.run, args=(publish, ledger, saga), name=f"publish-{saga.id}", daemon=False
+    )
+    _publishing[run_id] = thread
+    thread.start()
+
+
+def _publish_finished(flow_run: Any) -> None:
+    thread = _publishing.pop(str(flow_run.id), None)
+    if thread is not None:
+        thread.join(timeout=60)
 
 
 def summary(saga: SagaRun) -> dict[str, Any]:
@@ -171,6 +198,7 @@ class _closing:
 # Flow runs of this process whose body claimed their saga: only they may roll it back from a hook.
 _ran_here: dict[str, uuid.UUID] = {}
 _rejected_here: set[str] = set()
+_publishing: dict[str, threading.Thread] = {}  # flow run id -> its publishing thread
 
 
 def _saga_of(flow_run: Any) -> SagaRun | None:
@@ -189,6 +217,7 @@ def _saga_of(flow_run: Any) -> SagaRun | None:
 def _roll_back(flow_run: Any, reason: str, *, cancel: bool) -> None:
     from tasks.prefect_steps import invoke_as_task
 
+    _publish_finished(flow_run)
     saga = _saga_of(flow_run)
     if saga is None:
         _log.info("flow run %s drove no saga (rejected, or busy): nothing to roll back", flow_run.id)
@@ -226,7 +255,12 @@ def on_crashed_compensate(flow: Any, flow_run: Any, state: Any) -> None:
     _roll_back(flow_run, f"flow run crashed: {state.message}", cancel=False)
 
 
+def on_completion_publish(flow: Any, flow_run: Any, state: Any) -> None:
+    _publish_finished(flow_run)
+
+
 SAGA_HOOKS: dict[str, Any] = {
+    "on_completion": [on_completion_publish],
     "on_failure": [on_failure_compensate],
     "on_cancellation": [on_cancellation_compensate],
     "on_crashed": [on_crashed_compensate],
