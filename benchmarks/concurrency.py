@@ -78,8 +78,10 @@ def run(droplets: list[int]) -> list[Any]:
     counts = many()
     wall = time.perf_counter() - t0
     peak = peak_rss_mb()
+    outcomes = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     detail = (
-        f"{counts}; RSS before the flow {rss_before:.0f} MB; simulator time_scale {SCALE}, rate limit lifted"
+        f"{len(droplets)} sagas: {outcomes}; RSS before the flow {rss_before:.0f} MB;"
+        f" simulator time_scale {SCALE}, rate limit lifted"
     )
     return [
         metric("concurrency.peak_rss_mb", peak, "MB", "<=", 500, detail),

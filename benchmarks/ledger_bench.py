@@ -34,7 +34,7 @@ def _ledger(url: str):  # type: ignore[no-untyped-def]
     return Ledger(engine_for(settings)), settings
 
 
-def ledger_cost(steps_per_saga: int = 50, sagas: int = 12, commits_per_round: int = 100) -> list[Metric]:
+def ledger_cost(steps_per_saga: int = 50, sagas: int = 21, commits_per_round: int = 100) -> list[Metric]:
     from benchmarks.catalog import bench_catalog, noop_names
     from sagas.runner import Runner
     from sagas.services import Services

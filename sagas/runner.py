@@ -212,7 +212,11 @@ class Runner:
         # Whether a cancel was requested, as of the runner's latest ledger write: every fenced
         # write reads it in the same statement, so a step boundary costs no extra query.
         cancel_requested = self.ledger.set_saga_status(lease, SagaStatus.RUNNING, keep_error=True)
-        rows = {r.step_idx: r for r in self.ledger.list_step_results(saga.id)}
+        rows = (
+            {}  # a pending saga never started a step: there is nothing to read
+            if saga.status is SagaStatus.PENDING
+            else {r.step_idx: r for r in self.ledger.list_step_results(saga.id)}
+        )
         outputs: dict[str, Mapping[str, Any]] = {}
         past_pivot = False  # once a pivot completed there is no way back: failures retry forward
         prestarted: StepResult | None = None  # recorded started with the previous step's completion

@@ -224,31 +224,18 @@ class Ledger:
     def claim_saga(self, saga_id: uuid.UUID, lease_seconds: float) -> tuple[Lease, SagaRun]:
         """Take the saga for this runner and read it in the same statement, or raise SagaBusyError."""
         owner = uuid.uuid4()
-        statement = (
-            update(saga_runs)
-            .where(saga_runs.c.id == saga_id)
-            .where((saga_runs.c.lease_owner.is_(None)) | (saga_runs.c.lease_expires_at <= func.now()))
-            .values(
-                lease_owner=owner,
-                lease_epoch=saga_runs.c.lease_epoch + 1,
-                lease_expires_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, lease_seconds),
-            )
-            .returning(saga_runs)
-        )
-        with translate_db_errors("claim a saga"), self._engine.begin() as conn:
-            row = conn.execute(statement).one_or_none()
+        with translate_db_errors("claim a saga"), autocommit_cursor(self._engine) as cursor:
+            row = cursor.execute(
+                _CLAIM, {"saga_id": saga_id, "owner": owner, "secs": lease_seconds}
+            ).fetchone()
             if row is None:
-                remaining = conn.execute(
-                    select(func.extract("epoch", saga_runs.c.lease_expires_at - func.now())).where(
-                        saga_runs.c.id == saga_id
-                    )
-                ).one_or_none()
+                held = cursor.execute(_LEASE_LEFT, {"saga_id": saga_id}).fetchone()
         if row is None:
-            if remaining is None:
+            if held is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id}: check the id with `sagas list`")
-            seconds = float(remaining[0]) if remaining[0] is not None else None
+            seconds = float(held["seconds_left"]) if held["seconds_left"] is not None else None
             raise SagaBusyError(str(saga_id), seconds)
-        lease = Lease(saga_id=saga_id, owner=owner, epoch=int(row.lease_epoch), seconds=lease_seconds)
+        lease = Lease(saga_id=saga_id, owner=owner, epoch=int(row["lease_epoch"]), seconds=lease_seconds)
         return lease, _saga(row)
 
     def renew(self, lease: Lease) -> bool:
@@ -261,16 +248,8 @@ class Ledger:
 
     def release(self, lease: Lease) -> SagaRun | None:
         """Give the saga up; returns it as released, or None when the lease was no longer ours."""
-        statement = (
-            update(saga_runs)
-            .where(saga_runs.c.id == lease.saga_id)
-            .where(saga_runs.c.lease_owner == lease.owner)
-            .where(saga_runs.c.lease_epoch == lease.epoch)
-            .values(lease_owner=None, lease_expires_at=None)
-            .returning(saga_runs)
-        )
-        with translate_db_errors("release a lease"), self._engine.begin() as conn:
-            row = conn.execute(statement).one_or_none()
+        with translate_db_errors("release a lease"), autocommit_cursor(self._engine) as cursor:
+            row = cursor.execute(_RELEASE, _lease_params(lease)).fetchone()
         return None if row is None else _saga(row)
 
     @contextmanager
@@ -569,6 +548,18 @@ _FENCE_SQL = (
     " RETURNING id, cancel_requested"
 )
 _IDEMPOTENCY_INDEX = "saga_step_results_idempotency_key_uq"
+_CLAIM = (
+    "UPDATE saga_runs SET lease_owner = %(owner)s, lease_epoch = lease_epoch + 1,"
+    " lease_expires_at = now() + make_interval(secs => %(secs)s)"
+    " WHERE id = %(saga_id)s AND (lease_owner IS NULL OR lease_expires_at <= now())"
+    " RETURNING *"
+)
+_LEASE_LEFT = "SELECT extract(epoch FROM lease_expires_at - now()) AS seconds_left FROM saga_runs WHERE id = %(saga_id)s"
+_RELEASE = (
+    "UPDATE saga_runs SET lease_owner = NULL, lease_expires_at = NULL"
+    " WHERE id = %(saga_id)s AND lease_owner = %(lease_owner)s AND lease_epoch = %(lease_epoch)s"
+    " RETURNING *"
+)
 
 
 def _fence(set_sql: str = "") -> str:
@@ -673,8 +664,8 @@ def _json(value: Mapping[str, Any]) -> Any:
     return literal(dict(value), JSONB)
 
 
-def _saga(row: Row[Any]) -> SagaRun:
-    data = dict(row._mapping)
+def _saga(row: Row[Any] | Mapping[str, Any]) -> SagaRun:
+    data = dict(row._mapping) if isinstance(row, Row) else dict(row)
     data["step_names"] = tuple(data["step_names"])
     return SagaRun.model_validate(data)
 
