@@ -137,10 +137,14 @@ def run_saga_flow(
     run_id = str(flow_run.id or "")
     try:
         saga = app.provisioning().create_saga(
-            kind, inputs, steps=steps, saga_id=saga_id, triggered_by=triggered_by, deployment_id=deployment_id
+            kind,
+            inputs,
+            steps=steps,
+            saga_id=saga_id,
+            triggered_by=triggered_by,
+            deployment_id=deployment_id,
+            flow_run_id=uuid.UUID(run_id) if run_id else None,
         )
-        if run_id:
-            app.ledger.attach_flow_run(saga.id, uuid.UUID(run_id))
         with _closing(app.runner(invoke_as_task)) as runner:
             result = runner.advance(saga.id, Mode.FORWARD)
     except (InputError, SagaBusyError, ResourceBusyError):

@@ -43,7 +43,12 @@ class Provisioning:
         saga_id: uuid.UUID | None = None,
         deployment_id: str | None = None,
         triggered_by: str = "manual",
+        flow_run_id: uuid.UUID | None = None,
     ) -> SagaRun:
+        """Record the saga (nothing runs); the same id again returns the recorded one.
+
+        ``flow_run_id`` links it to the Prefect flow run that drives it, in the same write.
+        """
         new = self.catalog.new_saga(
             kind,
             inputs,
@@ -52,6 +57,8 @@ class Provisioning:
             triggered_by=triggered_by,
             deployment_id=deployment_id,
         )
+        if flow_run_id is not None:
+            new = new.model_copy(update={"flow_run_id": flow_run_id})
         saga, _created = self.ledger.create_saga(new)
         return saga
 

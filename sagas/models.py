@@ -63,6 +63,7 @@ class NewSaga(BaseModel):
     deployment_id: str | None = None
     triggered_by: str = "manual"
     resource: str | None = None
+    flow_run_id: uuid.UUID | None = None  # the Prefect flow run that records and drives it
 
 
 class SagaRun(BaseModel):

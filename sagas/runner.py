@@ -220,6 +220,7 @@ class Runner:
         outputs: dict[str, Mapping[str, Any]] = {}
         past_pivot = False  # once a pivot completed there is no way back: failures retry forward
         prestarted: StepResult | None = None  # recorded started with the previous step's completion
+        finished = False
         for idx, name in enumerate(saga.step_names):
             step = self.catalog.step(name)
             row = rows.get(idx)
@@ -270,11 +271,19 @@ class Runner:
             result = {**ctx.notes, **(output or {})}
             outputs[name] = {**ctx.recorded, **result}
             past_pivot |= step.reversibility_for(saga.inputs) is Reversibility.PIVOT
+            last = idx == len(saga.step_names) - 1
             completion = self.ledger.record_step_completed(
-                lease, idx, name, result, then_start=self._next_step(saga, idx + 1, rows, past_pivot)
+                lease,
+                idx,
+                name,
+                result,
+                then_start=self._next_step(saga, idx + 1, rows, past_pivot),
+                finish=last,  # the last step's write also completes the saga
             )
             cancel_requested, prestarted = completion.cancel_requested, completion.next_started
-        self.ledger.set_saga_status(lease, SagaStatus.COMPLETED)
+            finished = last
+        if not finished:  # every step was already recorded completed (a resume)
+            self.ledger.set_saga_status(lease, SagaStatus.COMPLETED)
         return SagaStatus.COMPLETED
 
     def _next_step(

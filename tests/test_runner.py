@@ -120,9 +120,10 @@ def test_one_ledger_write_per_step_boundary(ledger: Ledger, settings: Settings, 
     """A step's completion and the next step's start are one statement: one commit, one now()."""
     catalog = make_catalog(recorder)
     saga_id = new_saga(ledger, catalog)
-    make_runner(ledger, settings, catalog).advance(saga_id)
+    saga = make_runner(ledger, settings, catalog).advance(saga_id)
     a, b, c = ledger.list_step_results(saga_id)
     assert (b.started_at, c.started_at) == (a.completed_at, b.completed_at)
+    assert (saga.status, saga.finished_at) == (SagaStatus.COMPLETED, c.completed_at)  # the last one too
     assert [s.attempts for s in (a, b, c)] == [1, 1, 1]
     assert (b.idempotency_key, c.idempotency_key) == (f"arcadia-b-{saga_id.hex}", f"arcadia-c-{saga_id.hex}")
 

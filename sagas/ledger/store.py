@@ -156,6 +156,7 @@ class Ledger:
                 deployment_id=new.deployment_id,
                 resource=new.resource,
                 triggered_by=new.triggered_by,
+                flow_run_id=new.flow_run_id,
             )
             .on_conflict_do_nothing(index_elements=[saga_runs.c.id])
             .returning(saga_runs)
@@ -184,6 +185,9 @@ class Ledger:
                 f"saga id {new.id} is already used by a {existing.kind} saga with other inputs:"
                 " use a new id, or omit it"
             )
+        if existing.flow_run_id is None and new.flow_run_id is not None:
+            self.attach_flow_run(existing.id, new.flow_run_id)
+            existing = existing.model_copy(update={"flow_run_id": new.flow_run_id})
         return existing, False
 
     def resource_holder(self, resource: str) -> uuid.UUID | None:
@@ -347,6 +351,7 @@ class Ledger:
         output: Mapping[str, Any],
         *,
         then_start: NextStep | None = None,
+        finish: bool = False,
     ) -> StepCompletion:
         """Mark the step completed and merge its output into the step row and the saga's context.
 
@@ -355,6 +360,8 @@ class Ledger:
         write per step boundary. Returns whether a cancel is requested and the next step's row if
         it was started. When the next step's idempotency key is another saga's, this step is still
         recorded completed and the next is not started (``record_step_started`` then says why).
+        With ``finish`` (the last step), the same statement marks the saga completed and frees its
+        resource, as ``set_saga_status(COMPLETED)`` would.
         """
         doing = f"record step {name} completed"
         params: dict[str, Any] = {
@@ -366,6 +373,7 @@ class Ledger:
             "next_name": None if then_start is None else then_start.name,
             "next_key": None if then_start is None else then_start.idempotency_key,
             "unless_cancelled": then_start is not None and then_start.unless_cancelled,
+            "finish": finish,
         }
         try:
             row = self._fenced_write(lease, doing, _STEP_COMPLETED, **params)
@@ -606,17 +614,27 @@ _STEP_PROGRESS = _step_update("output = output || %(patch)s")
 # Completing a step: the saga's context gets the step's merged output (both read the step row as it
 # was before this statement, so they agree) and, when asked, the next step is recorded started in
 # the same commit unless a cancel is requested.
+_HAS_STEP_ROW = (
+    "EXISTS (SELECT 1 FROM saga_step_results AS f WHERE f.saga_id = %(saga_id)s AND f.step_idx = %(idx)s)"
+)
+_FINISHING = f"(%(finish)s AND {_HAS_STEP_ROW})"
 _STEP_COMPLETED = (
     "WITH fence AS ("
     + _fence(
         ", context = context || jsonb_build_object(CAST(%(name)s AS text), coalesce((SELECT s.output"
         " FROM saga_step_results AS s WHERE s.saga_id = %(saga_id)s AND s.step_idx = %(idx)s),"
-        " '{}'::jsonb) || %(output)s)"
+        " '{}'::jsonb) || %(output)s),"
+        f" status = CASE WHEN {_FINISHING} THEN 'completed' ELSE status END,"
+        f" error = CASE WHEN {_FINISHING} THEN NULL ELSE error END,"
+        f" finished_at = CASE WHEN {_FINISHING} THEN now() ELSE finished_at END"
     )
     + "), done AS (UPDATE saga_step_results SET status = 'completed', output = output || %(output)s,"
     " error = NULL, completed_at = now(), updated_at = now() FROM fence"
     " WHERE saga_step_results.saga_id = fence.id AND saga_step_results.step_idx = %(idx)s"
     " RETURNING saga_step_results.id),"
+    " released AS (DELETE FROM saga_resource_locks USING fence"
+    " WHERE %(finish)s AND saga_resource_locks.saga_id = fence.id AND EXISTS (SELECT 1 FROM done)"
+    " RETURNING 1),"
     " nxt AS (INSERT INTO saga_step_results"
     " (saga_id, step_idx, step_name, status, idempotency_key, attempts, started_at)"
     " SELECT fence.id, CAST(%(next_idx)s AS integer), CAST(%(next_name)s AS text), 'running',"
