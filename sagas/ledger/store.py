@@ -1,11 +1,12 @@
 """The Postgres ledger: the single source of truth about every saga and every step.
 
 Storage words stay here (rows, upserts, locks); callers speak domain words
-(``record_step_started``). Every write a runner makes is *fenced*: it runs in one transaction that
-first renews the runner's lease, ``WHERE lease_owner = me AND lease_epoch = my epoch AND the lease
-has not expired``. A runner whose lease was taken over gets ``LeaseLostError`` and writes nothing,
-which is what makes two runners on one saga impossible rather than merely unlikely. No
-transaction here is ever held open across a provider call.
+(``record_step_started``). Every write a runner makes is *fenced*: it is one statement whose
+``fence`` CTE first renews the runner's lease, ``WHERE lease_owner = me AND lease_epoch = my epoch
+AND the lease has not expired``, and whose writes all select from that CTE (the operator's
+multi-statement resolution does the same in one transaction). A runner whose lease was taken over
+gets ``LeaseLostError`` and writes nothing, which is what makes two runners on one saga impossible
+rather than merely unlikely. No transaction here is ever held open across a provider call.
 """
 
 from __future__ import annotations
