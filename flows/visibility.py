@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sagas.ledger.store import Ledger
@@ -49,8 +48,8 @@ def create_artifacts(artifacts: list[Any]) -> None:
     """Create Prefect artifacts on the current flow run, through the run's own API client.
 
     ``create_table_artifact`` and friends open a new API client (and connection) for every
-    artifact; the flow run's client is already connected, and the artifacts go up side by side.
-    Outside a flow run (the CLI), each artifact creates itself the usual way.
+    artifact; the flow run's client is already connected. Outside a flow run (the CLI), each
+    artifact creates itself the usual way.
     """
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.actions import ArtifactCreate
@@ -64,22 +63,17 @@ def create_artifacts(artifacts: list[Any]) -> None:
             artifact.create(_sync=True)
         return
     task_run_id, flow_run_id = get_task_and_flow_run_ids()
-    requests = [
-        ArtifactCreate(
-            type=artifact.type,
-            key=artifact.key,
-            description=artifact.description,
-            task_run_id=task_run_id,
-            flow_run_id=flow_run_id,
-            data=artifact.format(_sync=True),
+    for artifact in artifacts:
+        client.create_artifact(
+            artifact=ArtifactCreate(
+                type=artifact.type,
+                key=artifact.key,
+                description=artifact.description,
+                task_run_id=task_run_id,
+                flow_run_id=flow_run_id,
+                data=artifact.format(_sync=True),
+            )
         )
-        for artifact in artifacts
-    ]
-    # Side by side: the server takes tens of milliseconds over each one (httpx clients are
-    # thread-safe). Any failure is raised here, after all were tried.
-    with ThreadPoolExecutor(max_workers=len(requests), thread_name_prefix="artifact") as pool:
-        for done in [pool.submit(client.create_artifact, artifact=request) for request in requests]:
-            done.result()
 
 
 def publish(ledger: Ledger, saga: SagaRun) -> None:
