@@ -46,7 +46,7 @@ def main() -> None:
 def run(droplets: list[int]) -> list[Any]:
     from prefect import flow
 
-    from flows.app import build_app
+    from app.wiring import build_app
     from sagas.runner import Mode
     from tasks.prefect_steps import invoke_as_task
 

@@ -16,7 +16,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.app import App, build_app
+from app.wiring import App, build_app
 from sagas.errors import ResourceBusyError, SagaBusyError, SagaError
 from sagas.runner import Mode
 from sagas.settings import TokenPurpose

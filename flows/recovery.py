@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.app import build_app
+from app.wiring import build_app
 from flows.visibility import publish
 from sagas.recovery import sweep
 

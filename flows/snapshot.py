@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.app import SagaRunFields, saga_flow
+from flows.saga_flow import SagaRunFields, saga_flow
 from tasks.registry import SnapshotKindInputs
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from flows.app import SagaRunFields, saga_flow
+from flows.saga_flow import SagaRunFields, saga_flow
 from tasks.registry import TestKindInputs
 
 

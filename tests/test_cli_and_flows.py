@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from sagas.cli import app
+from app.cli import cli as app
 from sagas.ledger.store import Ledger
 from tasks.registry import catalog
 from tests.conftest import REPO, TOKEN, live_snapshots, seed_droplet
@@ -155,7 +155,7 @@ def test_two_cli_runners_on_one_saga_one_runs_one_is_busy(
     args = [
         sys.executable,
         "-m",
-        "sagas.cli",
+        "app.cli",
         "run",
         "snapshot",
         "--inputs",
@@ -222,7 +222,7 @@ def test_one_saga_per_droplet_across_processes(prefect_api: str, sim: httpx.Clie
     base = [
         sys.executable,
         "-m",
-        "sagas.cli",
+        "app.cli",
         "run",
         "suspend",
         "--inputs",
@@ -336,7 +336,7 @@ def test_tokens_come_from_a_prefect_secret_block(
 ) -> None:
     from prefect.blocks.system import Secret
 
-    from flows.app import secret_block_token
+    from app.wiring import secret_block_token
     from sagas.errors import ConfigurationError
     from sagas.settings import TokenPurpose, load_settings
 

@@ -237,7 +237,7 @@ def test_start_saga_records_then_launches_its_deployment(
     prefect_live: LivePrefect, sim: httpx.Client, ledger: Ledger
 ) -> None:
     """The seed's start_saga / snapshot_droplet: a row first, then a flow run on the kind's deployment."""
-    from flows.app import build_app
+    from app.wiring import build_app
 
     droplet = seed_droplet(sim)
     with prefect_live.settings():

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
-from sagas.cli import app
+from app.cli import cli as app
 from sagas.ledger.store import Ledger
 from sagas.models import SagaStatus
 from sagas.runner import Runner

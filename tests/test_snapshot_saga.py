@@ -140,7 +140,7 @@ def test_lost_response_is_adopted_not_reposted(sim: httpx.Client, ledger: Ledger
 
 def _cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "sagas.cli", *args],
+        [sys.executable, "-m", "app.cli", *args],
         cwd=REPO,
         env={**os.environ},
         stdout=subprocess.PIPE,

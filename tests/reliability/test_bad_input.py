@@ -21,7 +21,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-import sagas.cli
+import app.cli.run
 from sagas.digitalocean.client import DigitalOceanClient, RetryPolicy
 from sagas.digitalocean.models import DomainRecordCreateRequest, PowerOffActionRequest
 from sagas.errors import InputError, ProviderError
@@ -104,12 +104,12 @@ def test_cli_run_refuses_bad_input_with_exit_2_and_writes_nothing(
         calls.append(args)
         raise typer.Exit(99)  # valid input: stop before Prefect runs
 
-    monkeypatch.setattr(sagas.cli, "run_flow", accepted)
+    monkeypatch.setattr(app.cli.run, "run_flow", accepted)
     before = _count_sagas(ledger)
     args = ["run", kind, "--inputs", payload]
     if steps is not None:
         args += ["--steps", steps]
-    result = CliRunner().invoke(sagas.cli.app, args)
+    result = CliRunner().invoke(app.cli.cli, args)
     assert result.exit_code in (2, 99), (args, result.exit_code, result.output, result.exception)
     if result.exit_code == 2:
         assert "error" in result.output.lower() or "usage" in result.output.lower(), result.output

@@ -11,14 +11,17 @@ from tests.reliability import harness
 
 pytestmark = pytest.mark.slow
 
+SAGAS = 2
 
-def test_connections_killed_mid_saga(
+
+def test_a_saga_whose_ledger_connections_are_killed_mid_poll_completes_once(
     sim: httpx.Client, ledger: Ledger, settings: Settings, env: dict[str, str]
 ) -> None:
     target = harness.Sim(str(sim.base_url).rstrip("/"), env["SAGAS_DO_TOKEN"])
     try:
-        results = harness.database_faults(target, ledger, settings, 2)
+        results = harness.database_faults(target, ledger, settings, SAGAS)
     finally:
         target.close()
     failed = [f"{r.name}: {r.verdict.detail}" for r in results if not r.verdict.survived]
+    assert len(results) == SAGAS, f"judged {len(results)} sagas of {SAGAS}"
     assert not failed, harness.summary_line(results) + "\n" + "\n".join(failed)

@@ -35,7 +35,8 @@ def _environment(base_url: str) -> None:
 
 
 def run_demo(out: Console) -> int:
-    from sagas.cli import run_flow
+    from app.running import run_flow
+    from app.wiring import build_app
     from sagas.digitalocean.simulator import SimulatorConfig, run_simulator_in_thread
     from sagas.progress import SagaProgress
 
@@ -46,16 +47,21 @@ def run_demo(out: Console) -> int:
         droplet = control.post("/_sim/droplets", json={"name": "demo-web-1", "tags": ["demo"]}).json()
         droplet_id = int(droplet["droplet"]["id"] if "droplet" in droplet else droplet["id"])
         out.print(f"simulator at {sim.base_url}, droplet {droplet_id}")
-        from flows.app import build_app
-
-        ledger = build_app().ledger
+        application = build_app()
+        ledger = application.ledger
         ok = True
 
         out.rule(escape("1. the seed's smoke: [create_droplet_snapshot, fail]"))
         smoke_id = uuid.uuid4()
         with SagaProgress(ledger, smoke_id, out, live=out.is_terminal):
             smoke = run_flow(
-                "test", {"droplet_id": droplet_id}, ["create_droplet_snapshot", "fail"], smoke_id, "demo"
+                application,
+                "test",
+                {"droplet_id": droplet_id},
+                ["create_droplet_snapshot", "fail"],
+                smoke_id,
+                "demo",
+                errors_to=out,
             )
         smoke_steps = {s.step_name: s.status.value for s in ledger.list_step_results(smoke.id)}
         left = _snapshots(control)
@@ -68,7 +74,13 @@ def run_demo(out: Console) -> int:
         plain_id = uuid.uuid4()
         with SagaProgress(ledger, plain_id, out, live=out.is_terminal):
             plain = run_flow(
-                "snapshot", {"droplet_id": droplet_id}, ["create_droplet_snapshot"], plain_id, "demo"
+                application,
+                "snapshot",
+                {"droplet_id": droplet_id},
+                ["create_droplet_snapshot"],
+                plain_id,
+                "demo",
+                errors_to=out,
             )
         left = _snapshots(control)
         _print_ledger(out, plain, ledger)

@@ -1,16 +1,8 @@
-"""Operator tools: what a human does when a saga needs one. The CLI is a thin shell over this.
+"""Orphans: provider resources that carry a saga's name or tag but that no saga should own any more.
 
-- ``plan_saga``: what a saga of a kind would do, which names it would use and how each step is
-  undone, computed from the catalog alone: it touches neither the provider nor the ledger.
-- ``retry_compensation``: finish a rollback whose undo kept failing, through the runner itself
-  (``Runner.advance``), so there is one rollback path, not two.
-- ``resolve_saga``: an operator fixed a saga by hand; record who, when and why, make it terminal
-  and free its resource, under the saga's lease so a live runner is never overruled.
-- ``find_orphans`` / ``delete_orphans``: provider resources that carry a saga's name or tag but
-  that no saga should own any more, and their removal, written to the ledger before and after.
-
-What this module must never do: import Prefect, decide anything from a guess when the ledger can
-say it, or touch the provider outside ``delete_orphans``.
+``find_orphans`` reads only; ``delete_orphans`` removes them, writing an operator action to the
+ledger before and after each provider call. What this module must never do: delete anything a
+saga still owns (each orphan is judged again just before it is deleted).
 """
 
 from __future__ import annotations
@@ -18,158 +10,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from sagas.digitalocean.models import Droplet, Snapshot
-from sagas.errors import InputError, ProviderError, ProviderNotFoundError
+from sagas.errors import ProviderError, ProviderNotFoundError
 from sagas.ledger.store import Ledger
-from sagas.models import OperatorAction, RecordedStep, Reversibility, SagaRun, SagaStatus, StepStatus
-from sagas.runner import Mode, Runner
-from sagas.steps import Catalog, KeyScope
+from sagas.models import OperatorAction, RecordedStep, SagaRun, SagaStatus, StepStatus
 
 SAGA_TAG_PREFIX = "saga-"
-
-# -- plan --------------------------------------------------------------------------------------
-
-
-class StepPlan(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    index: int
-    name: str
-    reversibility: Reversibility
-    idempotency_key: str
-    does: str
-    compensation: str
-
-
-class SagaPlan(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    placeholder_saga_id: uuid.UUID
-    kind: str
-    definition_version: str
-    inputs: dict[str, Any]
-    resource: str | None
-    steps: list[StepPlan]
-
-
-def plan_saga(
-    catalog: Catalog,
-    kind: str,
-    inputs: Mapping[str, Any],
-    *,
-    steps: Sequence[str] | None,
-    prefix: str,
-    saga_id: uuid.UUID | None = None,
-) -> SagaPlan:
-    """Validate the request as ``sagas run`` would and describe it; writes nothing anywhere.
-
-    Names are computed with a fresh placeholder saga id: a real run gets its own id, so the last
-    8 hex of each name will differ, the rest will not.
-    """
-    new = catalog.new_saga(kind, inputs, steps=steps, saga_id=saga_id or uuid.uuid4(), triggered_by="plan")
-    scope = KeyScope(saga_id=new.id, inputs=new.inputs, prefix=prefix)
-    planned = []
-    past_pivot = False
-    for idx, name in enumerate(new.step_names):
-        step = catalog.step(name)
-        reversibility = step.reversibility_for(new.inputs)
-        if reversibility is Reversibility.PIVOT:
-            undo = "none: the point of no return; a failure from here on is retried forward"
-        elif past_pivot:
-            undo = "not undone: after the pivot this step is retried forward until it succeeds"
-        else:
-            undo = step.compensation_summary or "(not described)"
-        planned.append(
-            StepPlan(
-                index=idx,
-                name=name,
-                reversibility=reversibility,
-                idempotency_key=step.idempotency_key(scope),
-                does=step.summary or "(not described)",
-                compensation=undo,
-            )
-        )
-        past_pivot |= reversibility is Reversibility.PIVOT
-    return SagaPlan(
-        placeholder_saga_id=new.id,
-        kind=new.kind,
-        definition_version=new.definition_version,
-        inputs=new.inputs,
-        resource=new.resource,
-        steps=planned,
-    )
-
-
-# -- retry-compensation and resolve --------------------------------------------------------------
-
-
-def _way_out(saga: SagaRun) -> str:
-    """What to run instead, for a saga in a status the command refuses."""
-    sid = saga.id
-    return {
-        SagaStatus.PENDING: f"`sagas resume {sid}` runs it, `sagas cancel {sid}` rolls it back",
-        SagaStatus.RUNNING: f"`sagas resume {sid}` finishes it once its runner is gone; `sagas cancel {sid}`",
-        SagaStatus.COMPENSATING: f"`sagas resume {sid}` finishes its rollback",
-        SagaStatus.COMPENSATION_FAILED: f"`sagas retry-compensation {sid}`, or `sagas resolve {sid}`",
-        SagaStatus.FAILED: f"`sagas resume {sid}` retries it forward; `sagas resolve {sid}` if fixed by hand",
-        SagaStatus.COMPLETED: "nothing: it finished",
-        SagaStatus.ROLLED_BACK: "nothing: it was undone (`sagas orphans` finds anything left behind)",
-        SagaStatus.RESOLVED: "nothing: it was resolved by hand (`sagas orphans` finds anything left behind)",
-    }[saga.status]
-
-
-def retry_compensation(runner: Runner, saga_id: uuid.UUID, *, by: str) -> SagaRun:
-    """Finish the rollback of a ``compensation_failed`` saga; refuse (InputError) any other status.
-
-    The runner does the work (it continues a compensation_failed rollback); ROLLBACK mode makes
-    sure this command can only ever undo, never run a step forward. SagaBusyError when held.
-    """
-    saga = runner.ledger.get_saga(saga_id)
-    if saga.status is not SagaStatus.COMPENSATION_FAILED:
-        raise InputError(
-            f"saga {saga.id} is {saga.status.value}, not compensation_failed: retry-compensation only"
-            f" finishes a rollback whose undo failed. Instead: {_way_out(saga)}"
-        )
-    result = runner.advance(saga.id, Mode.ROLLBACK)
-    runner.ledger.record_operator_action(
-        "retry_compensation",
-        f"saga:{saga.id}",
-        {"previous_error": saga.error, "outcome": result.status.value, "error": result.error},
-        by,
-    )
-    return result
-
-
-def resolve_saga(ledger: Ledger, saga_id: uuid.UUID, *, by: str, note: str, lease_seconds: float) -> SagaRun:
-    """Record that an operator fixed the saga by hand: status ``resolved``, who, when, why.
-
-    Refused (InputError, nothing written) for a finished saga or an empty note; SagaBusyError
-    while a runner holds the saga: the lease is claimed exactly as a runner claims it.
-    """
-    note = note.strip()
-    by = by.strip()
-    if not note:
-        raise InputError("--note is required: say what was done by hand, for whoever reads the ledger next")
-    if len(note) > 4000:
-        raise InputError("--note must be at most 4000 characters")
-    if not by or len(by) > 200:
-        raise InputError("--by must be 1-200 characters")
-    saga = ledger.get_saga(saga_id)
-    if saga.status.is_terminal:
-        raise InputError(f"saga {saga.id} is already {saga.status.value}: {_way_out(saga)}")
-    lease = ledger.claim(saga.id, lease_seconds)
-    try:
-        ledger.resolve_saga(lease, by=by, note=note)  # re-checks the status under the lease
-    finally:
-        ledger.release(lease)
-    return ledger.get_saga(saga.id)
-
-
-# -- orphans -----------------------------------------------------------------------------------
 
 
 class OrphanProvider(Protocol):

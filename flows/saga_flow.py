@@ -1,7 +1,8 @@
-"""Wiring shared by every saga flow: build the ledger, catalog and runner; the flow hooks.
+"""The body every saga flow shares, its parameters, and the hooks that roll a saga back.
 
 Every path (the flow body, on_failure, on_cancellation, on_crashed, the recovery sweep) ends in
 ``Runner.advance`` on the same ledger, so a saga rolls back the same way whoever notices first.
+What a hook may touch is decided by ``flows.runbook``: only the saga this run drove.
 """
 
 from __future__ import annotations
@@ -11,90 +12,19 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 
+from app.wiring import build_app
+from flows.runbook import RUNBOOK
 from flows.visibility import publish
-from sagas.context import Provisioning
-from sagas.errors import ConfigurationError, InputError, ResourceBusyError, SagaBusyError, SagaError
-from sagas.ledger.database import engine_for
+from sagas.errors import InputError, ResourceBusyError, SagaBusyError, SagaError
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun, SagaStatus
-from sagas.runner import Invoke, Mode, Runner, invoke_directly
-from sagas.services import Services
-from sagas.settings import Settings, TokenPurpose, load_settings
-from sagas.steps import Catalog
-from tasks.registry import catalog
+from sagas.runner import Mode, Runner
 
 _log = logging.getLogger("sagas.flows")
-
-
-@dataclass
-class App:
-    settings: Settings
-    ledger: Ledger
-    catalog: Catalog
-
-    def runner(self, invoke: Invoke[Any] = invoke_directly) -> Runner:
-        services = Services(
-            self.settings, token_source=lambda purpose: secret_block_token(self.settings, purpose)
-        )
-        return Runner(self.ledger, self.catalog, services, invoke)
-
-    def provisioning(self) -> Provisioning:
-        return Provisioning(self.ledger, self.catalog, launch=launch_on_deployment)
-
-
-def launch_on_deployment(saga: SagaRun) -> None:
-    """Start the saga's flow run on its kind's deployment (``<kind>/<kind>`` in prefect.yaml).
-
-    The saga id goes in the parameters and the idempotency key, so launching twice makes one run.
-    """
-    from prefect.deployments import run_deployment
-
-    params: dict[str, Any] = {**saga.inputs, "saga_id": str(saga.id), "triggered_by": saga.triggered_by}
-    if saga.deployment_id is not None:
-        params["deployment_id"] = saga.deployment_id
-    if saga.kind == "test":
-        params["steps"] = list(saga.step_names)
-    run_deployment(
-        f"{saga.kind}/{saga.kind}",
-        parameters={"params": params},
-        timeout=0,
-        idempotency_key=f"saga-{saga.id}",
-    )
-
-
-def secret_block_token(settings: Settings, purpose: TokenPurpose) -> SecretStr | None:
-    """The token from the Prefect Secret block named in settings, if one is named.
-
-    The value goes straight into a SecretStr and from there into the client's header: it is
-    never a flow parameter, never logged, never in an artifact.
-    """
-    block = (
-        settings.do_token_provisioning_block
-        if purpose is TokenPurpose.PROVISIONING
-        else settings.do_token_read_block
-    )
-    if not block:
-        return None
-    from prefect.blocks.system import Secret
-
-    try:
-        secret: Any = Secret.load(block)  # sync context: the block itself, not a coroutine
-        value = secret.get()
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"no Prefect Secret block named {block!r}: create it, or unset the setting"
-        ) from exc
-    return SecretStr(str(value))
-
-
-def build_app(settings: Settings | None = None) -> App:
-    settings = settings or load_settings()
-    return App(settings=settings, ledger=Ledger(engine_for(settings)), catalog=catalog())
 
 
 class SagaRunFields(BaseModel):
@@ -148,9 +78,9 @@ def run_saga_flow(
         with _closing(app.runner(invoke_as_task)) as runner:
             result = runner.advance(saga.id, Mode.FORWARD)
     except (InputError, SagaBusyError, ResourceBusyError):
-        _rejected_here.add(run_id)  # this run drove nothing: its hooks must not touch the saga
+        RUNBOOK.turned_away(run_id)  # this run drove nothing: its hooks must not touch the saga
         raise
-    _ran_here[run_id] = saga.id
+    RUNBOOK.drove(run_id, saga.id)
     _publish_while_prefect_finishes(run_id, app.ledger, result)
     if result.status is SagaStatus.COMPENSATING:
         raise SagaDidNotComplete(f"saga {saga.id} is rolling back: {result.error}")
@@ -164,8 +94,8 @@ def _publish_while_prefect_finishes(run_id: str, ledger: Ledger, saga: SagaRun) 
 
     Once the body returns, Prefect stores the result and proposes the final state, a round trip
     to a server that is often still busy with the run's task events; the artifacts need the same
-    server. The publishing thread runs meanwhile, and every flow hook joins it first
-    (``_publish_finished``), so the run ends with its artifacts in place and in order.
+    server. The publishing thread runs meanwhile, and every flow hook waits for it first
+    (``RUNBOOK.finish_publishing``), so the run ends with its artifacts in place and in order.
     """
     if not run_id:
         publish(ledger, saga)
@@ -174,14 +104,8 @@ def _publish_while_prefect_finishes(run_id: str, ledger: Ledger, saga: SagaRun) 
     thread = threading.Thread(
         target=context.run, args=(publish, ledger, saga), name=f"publish-{saga.id}", daemon=False
     )
-    _publishing[run_id] = thread
+    RUNBOOK.publishing(run_id, thread)
     thread.start()
-
-
-def _publish_finished(flow_run: Any) -> None:
-    thread = _publishing.pop(str(flow_run.id), None)
-    if thread is not None:
-        thread.join(timeout=60)
 
 
 def summary(saga: SagaRun) -> dict[str, Any]:
@@ -199,21 +123,14 @@ class _closing:
         self.runner.services.close()
 
 
-# Flow runs of this process whose body claimed their saga: only they may roll it back from a hook.
-_ran_here: dict[str, uuid.UUID] = {}
-_rejected_here: set[str] = set()
-_publishing: dict[str, threading.Thread] = {}  # flow run id -> its publishing thread
-
-
 def _saga_of(flow_run: Any) -> SagaRun | None:
-    """The saga this flow run drove, or None: a run rejected as busy or for bad input owns nothing."""
-    if str(flow_run.id) in _rejected_here:
-        _rejected_here.discard(str(flow_run.id))
+    """The saga this flow run drove, or None: a run turned away (busy, bad input) owns nothing."""
+    turned_away, drove = RUNBOOK.take(str(flow_run.id))
+    if turned_away:
         return None
     app = build_app()
-    claimed = _ran_here.pop(str(flow_run.id), None)
-    if claimed is not None:
-        return app.ledger.get_saga(claimed)
+    if drove is not None:
+        return app.ledger.get_saga(drove)
     # Another process (a worker's cancellation handler) knows the run only from the ledger's link.
     return app.ledger.find_saga_by_flow_run(uuid.UUID(str(flow_run.id)))
 
@@ -221,7 +138,7 @@ def _saga_of(flow_run: Any) -> SagaRun | None:
 def _roll_back(flow_run: Any, reason: str, *, cancel: bool) -> None:
     from tasks.prefect_steps import invoke_as_task
 
-    _publish_finished(flow_run)
+    RUNBOOK.finish_publishing(str(flow_run.id))
     saga = _saga_of(flow_run)
     if saga is None:
         _log.info("flow run %s drove no saga (rejected, or busy): nothing to roll back", flow_run.id)
@@ -260,7 +177,7 @@ def on_crashed_compensate(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 def on_completion_publish(flow: Any, flow_run: Any, state: Any) -> None:
-    _publish_finished(flow_run)
+    RUNBOOK.finish_publishing(str(flow_run.id))
 
 
 SAGA_HOOKS: dict[str, Any] = {

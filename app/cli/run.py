@@ -1,0 +1,121 @@
+"""Commands for people who run sagas: ``run``, ``resume``, ``cancel``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated
+
+import typer
+
+from app.cli.common import (
+    EXIT_NOT_COMPLETED,
+    EXIT_OK,
+    build,
+    err,
+    errors,
+    out,
+    parse_id,
+    parse_inputs,
+    parse_steps,
+    watching,
+)
+from app.cli.render import print_saga
+from app.running import run_flow
+from sagas.errors import ResourceBusyError, SagaBusyError
+from sagas.models import SagaStatus
+
+
+def run(
+    kind: Annotated[str, typer.Argument(help="Saga kind, e.g. snapshot or test.")],
+    inputs: Annotated[
+        str, typer.Option(help="Inputs as a JSON object, e.g. '{\"droplet_id\": 123}'.")
+    ] = "{}",
+    steps: Annotated[str | None, typer.Option(help="For the test kind: step names, comma-separated.")] = None,
+    saga_id: Annotated[
+        str | None, typer.Option(help="Your own saga id (UUID): reruns are idempotent.")
+    ] = None,
+    triggered_by: Annotated[str, typer.Option(help="Who asked, recorded in the ledger.")] = "cli",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    wait: Annotated[
+        float, typer.Option(help="If another saga holds the droplet, wait up to this many seconds.")
+    ] = 0.0,
+) -> None:
+    """Run a saga through its Prefect flow; exit 0 only when it completed."""
+    with errors():
+        parsed = parse_inputs(inputs)
+        chosen_id = parse_id(saga_id) if saga_id is not None else uuid.uuid4()
+        from tasks.registry import catalog
+
+        # Validate everything before Prefect or the ledger is touched.
+        new = catalog().new_saga(
+            kind, parsed, steps=parse_steps(steps), saga_id=chosen_id, triggered_by=triggered_by
+        )
+        application = build()
+        deadline = time.monotonic() + max(wait, 0.0)
+        while True:
+            try:
+                with watching(application, new.id, as_json):
+                    saga = run_flow(
+                        application,
+                        new.kind,
+                        new.inputs,
+                        list(new.step_names),
+                        new.id,
+                        triggered_by,
+                        errors_to=err,
+                    )
+                break
+            except ResourceBusyError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
+        print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
+        raise typer.Exit(EXIT_OK if saga.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
+
+
+def resume(
+    saga_id: Annotated[str, typer.Argument(help="The saga to finish.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Finish a saga from where its ledger stands: forward, or on with its rollback."""
+    with errors():
+        target = parse_id(saga_id)
+        application = build()
+        before = application.ledger.get_saga(target)
+        if before.status.is_terminal:
+            # Nothing to do, so claim nothing and write nothing (a resolved saga stays resolved).
+            err.print(f"saga {target} is already {before.status.value}: nothing to resume", markup=False)
+            print_saga(before, application.ledger.list_step_results(target), as_json)
+            raise typer.Exit(EXIT_OK if before.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
+        runner = application.runner()
+        try:
+            with watching(application, target, as_json):
+                saga = runner.advance(target)
+        finally:
+            runner.services.close()
+        print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
+        raise typer.Exit(EXIT_OK if saga.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
+
+
+def cancel(saga_id: Annotated[str, typer.Argument(help="The saga to cancel.")]) -> None:
+    """Ask a saga to stop and roll back. An idle saga is rolled back right here."""
+    from sagas.runner import Mode
+
+    with errors():
+        target = parse_id(saga_id)
+        application = build()
+        saga = application.provisioning().cancel_saga(target)
+        if saga.status.is_terminal:
+            out.print(f"saga {saga.id} is already {saga.status.value}; nothing to cancel")
+            return
+        runner = application.runner()
+        try:
+            saga = runner.advance(target, Mode.ROLLBACK, reason="cancelled by request")
+            out.print(f"saga {saga.id} cancelled: {saga.status.value}")
+            if saga.status is not SagaStatus.ROLLED_BACK:
+                raise typer.Exit(EXIT_NOT_COMPLETED)
+        except SagaBusyError:
+            out.print(f"cancel recorded for saga {saga.id}: its runner rolls it back at the next safe point")
+        finally:
+            runner.services.close()

@@ -1,0 +1,48 @@
+"""Run a saga kind's Prefect flow in this process (``sagas run``, the demo) and read the outcome.
+
+The flow records the saga, runs it and rolls it back through its hooks; what happened is then read
+from the ledger, which is the truth whatever the flow run's own state says.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from rich.console import Console
+
+from app.wiring import App
+from sagas.errors import InputError, ResourceBusyError, SagaBusyError, SagaError
+from sagas.models import SagaRun
+
+
+def run_flow(
+    application: App,
+    kind: str,
+    inputs: dict[str, Any],
+    steps: list[str],
+    saga_id: uuid.UUID,
+    triggered_by: str,
+    *,
+    errors_to: Console,
+) -> SagaRun:
+    """Run the kind's flow here and return the saga as the ledger has it afterwards.
+
+    Busy and bad-input refusals propagate (nothing was written); any other failure of the flow run
+    is reported on ``errors_to`` and the ledger says what became of the saga.
+    """
+    from flows import flow_for
+
+    flow, parameters_model = flow_for(kind)
+    params: dict[str, Any] = {**inputs, "saga_id": saga_id, "triggered_by": triggered_by}
+    if kind == "test":
+        params["steps"] = steps
+    try:
+        flow(parameters_model(**params))
+    except (SagaBusyError, ResourceBusyError, InputError):
+        raise
+    except SagaError as exc:
+        errors_to.print(f"the flow run failed: {exc}", markup=False)
+    except Exception as exc:  # the flow's own failure; the ledger says what became of the saga
+        errors_to.print(f"the flow run failed: {type(exc).__name__}: {exc}", markup=False)
+    return application.ledger.get_saga(saga_id)

@@ -1,0 +1,119 @@
+"""Build the ledger, the catalog, the services and the runner from settings: the one place that does.
+
+Every process builds its parts here: a flow run on a worker, its hooks, the recovery sweep, the
+fleet flow, the CLI and the demo. Two Prefect-specific sources plug in from here as plain
+callables, so the core never imports Prefect: tokens from Prefect Secret blocks (when a block is
+named in settings) and the launcher that starts a saga's flow run on its kind's deployment. Both
+import Prefect only when they are called.
+
+Nothing happens at import time; ``build_app()`` reads the settings and connects to the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretStr
+
+from sagas.context import Launcher, Provisioning
+from sagas.errors import ConfigurationError
+from sagas.ledger.database import engine_for
+from sagas.ledger.store import Ledger
+from sagas.models import SagaRun
+from sagas.runner import Invoke, Runner, invoke_directly
+from sagas.services import Services
+from sagas.settings import Settings, TokenPurpose, load_settings
+from sagas.steps import Catalog
+from tasks.registry import catalog as registry_catalog
+
+TokenSource = Callable[[TokenPurpose], SecretStr | None]
+
+# The catalog every App of this process uses: the registry's, unless a benchmark or a test
+# registered an extended one (``use_catalog``) before the flows build their App.
+_catalog_factory: Callable[[], Catalog] = registry_catalog
+
+
+@dataclass
+class App:
+    """The parts of one process, built once: what flows, hooks and commands run against."""
+
+    settings: Settings
+    ledger: Ledger
+    catalog: Catalog
+    token_source: TokenSource | None = None
+    launch: Launcher | None = None
+
+    def services(self) -> Services:
+        """Fresh services (provider clients are made lazily and closed with them)."""
+        return Services(self.settings, token_source=self.token_source)
+
+    def runner(self, invoke: Invoke[Any] = invoke_directly) -> Runner:
+        return Runner(self.ledger, self.catalog, self.services(), invoke)
+
+    def provisioning(self) -> Provisioning:
+        return Provisioning(self.ledger, self.catalog, launch=self.launch)
+
+
+def build_app(settings: Settings | None = None) -> App:
+    """The process's parts from the environment (or the given settings)."""
+    settings = settings or load_settings()
+    return App(
+        settings=settings,
+        ledger=Ledger(engine_for(settings)),
+        catalog=_catalog_factory(),
+        token_source=lambda purpose: secret_block_token(settings, purpose),
+        launch=launch_on_deployment,
+    )
+
+
+def use_catalog(factory: Callable[[], Catalog]) -> None:
+    """Build every later App with this catalog (benchmarks add no-op steps this way)."""
+    global _catalog_factory
+    _catalog_factory = factory
+
+
+def secret_block_token(settings: Settings, purpose: TokenPurpose) -> SecretStr | None:
+    """The token from the Prefect Secret block named in settings, if one is named.
+
+    The value goes straight into a SecretStr and from there into the client's header: it is
+    never a flow parameter, never logged, never in an artifact.
+    """
+    block = (
+        settings.do_token_provisioning_block
+        if purpose is TokenPurpose.PROVISIONING
+        else settings.do_token_read_block
+    )
+    if not block:
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        secret: Any = Secret.load(block)  # sync context: the block itself, not a coroutine
+        value = secret.get()
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"no Prefect Secret block named {block!r}: create it, or unset the setting"
+        ) from exc
+    return SecretStr(str(value))
+
+
+def launch_on_deployment(saga: SagaRun) -> None:
+    """Start the saga's flow run on its kind's deployment (``<kind>/<kind>`` in prefect.yaml).
+
+    The saga id goes in the parameters and the idempotency key, so launching twice makes one run.
+    """
+    from prefect.deployments import run_deployment
+
+    params: dict[str, Any] = {**saga.inputs, "saga_id": str(saga.id), "triggered_by": saga.triggered_by}
+    if saga.deployment_id is not None:
+        params["deployment_id"] = saga.deployment_id
+    if saga.kind == "test":
+        params["steps"] = list(saga.step_names)
+    run_deployment(
+        f"{saga.kind}/{saga.kind}",
+        parameters={"params": params},
+        timeout=0,
+        idempotency_key=f"saga-{saga.id}",
+    )

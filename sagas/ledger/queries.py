@@ -1,0 +1,241 @@
+"""Reading the ledger, and the writes made outside any runner's lease: recording a new saga (with its
+resource lock), a cancel request, the link to a flow run.
+
+Each write here is one short transaction; none needs the lease, because none changes what a runner
+decided: a cancel is a request the runner reads at its next safe point.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Mapping
+
+from sqlalchemy import (
+    Engine,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from sagas.errors import (
+    InputError,
+    ResourceBusyError,
+    SagaNotFoundError,
+)
+from sagas.ledger.database import translate_db_errors
+from sagas.ledger.rows import saga_from_row, step_from_row
+from sagas.ledger.tables import saga_resource_locks, saga_runs, saga_step_results
+from sagas.models import (
+    NewSaga,
+    RecordedStep,
+    SagaRun,
+    SagaStatus,
+    StepResult,
+)
+
+_RECOVERABLE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+
+
+class SagaRecords:
+    _engine: Engine
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get_saga(self, saga_id: uuid.UUID) -> SagaRun:
+        with translate_db_errors("read a saga"), self._engine.connect() as conn:
+            row = conn.execute(select(saga_runs).where(saga_runs.c.id == saga_id)).one_or_none()
+        if row is None:
+            raise SagaNotFoundError(f"no saga with id {saga_id}: check the id with `sagas list`")
+        return saga_from_row(row)
+
+    def find_saga_by_flow_run(self, flow_run_id: uuid.UUID) -> SagaRun | None:
+        query = select(saga_runs).where(saga_runs.c.flow_run_id == flow_run_id)
+        with translate_db_errors("find a flow run's saga"), self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else saga_from_row(row)
+
+    def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        kind: str | None = None,
+        deployment_id: str | None = None,
+        limit: int | None = 50,
+    ) -> list[SagaRun]:
+        query = select(saga_runs).order_by(saga_runs.c.created_at.desc(), saga_runs.c.id.desc())
+        if status is not None:
+            query = query.where(saga_runs.c.status == status.value)
+        if kind is not None:
+            query = query.where(saga_runs.c.kind == kind)
+        if deployment_id is not None:
+            query = query.where(saga_runs.c.deployment_id == deployment_id)
+        if limit is not None:
+            query = query.limit(limit)
+        with translate_db_errors("list sagas"), self._engine.connect() as conn:
+            return [saga_from_row(row) for row in conn.execute(query)]
+
+    def list_step_results(self, saga_id: uuid.UUID) -> list[StepResult]:
+        query = (
+            select(saga_step_results)
+            .where(saga_step_results.c.saga_id == saga_id)
+            .order_by(saga_step_results.c.step_idx)
+        )
+        with translate_db_errors("list step results"), self._engine.connect() as conn:
+            return [step_from_row(row) for row in conn.execute(query)]
+
+    def is_cancel_requested(self, saga_id: uuid.UUID) -> bool:
+        with translate_db_errors("read a cancel request"), self._engine.connect() as conn:
+            value = conn.execute(
+                select(saga_runs.c.cancel_requested).where(saga_runs.c.id == saga_id)
+            ).scalar_one_or_none()
+        return bool(value)
+
+    def list_recoverable(self, *, pending_grace_seconds: float, limit: int = 100) -> list[uuid.UUID]:
+        """Unfinished sagas that no live runner holds: what the recovery sweep picks up.
+
+        A ``pending`` saga is only taken once it is older than the grace period: until then its
+        own flow run may simply be queued at a worker.
+        """
+        grace = func.make_interval(0, 0, 0, 0, 0, 0, pending_grace_seconds)
+        unheld = (saga_runs.c.lease_expires_at.is_(None)) | (saga_runs.c.lease_expires_at < func.now())
+        started_or_stale = (saga_runs.c.status != SagaStatus.PENDING.value) | (
+            saga_runs.c.created_at < func.now() - grace
+        )
+        query = (
+            select(saga_runs.c.id)
+            .where(saga_runs.c.status.in_([s.value for s in _RECOVERABLE]))
+            .where(unheld)
+            .where(started_or_stale)
+            .order_by(saga_runs.c.created_at)
+            .limit(limit)
+        )
+        with translate_db_errors("list recoverable sagas"), self._engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    # -- writes outside a run ----------------------------------------------------------------
+
+    def create_saga(self, new: NewSaga) -> tuple[SagaRun, bool]:
+        """Insert the saga (and its resource lock), or return the existing one with that id.
+
+        Returns ``(saga, created)``. Reusing an id for a *different* saga is an InputError; a
+        resource held by another unfinished saga is a ResourceBusyError. Either way nothing is
+        written: the saga row and its lock go in one transaction.
+        """
+        statement = (
+            pg_insert(saga_runs)
+            .values(
+                id=new.id,
+                kind=new.kind,
+                step_names=list(new.step_names),
+                definition_version=new.definition_version,
+                inputs=new.inputs,
+                deployment_id=new.deployment_id,
+                resource=new.resource,
+                triggered_by=new.triggered_by,
+                flow_run_id=new.flow_run_id,
+            )
+            .on_conflict_do_nothing(index_elements=[saga_runs.c.id])
+            .returning(saga_runs)
+        )
+        with translate_db_errors("record a new saga"), self._engine.begin() as conn:
+            row = conn.execute(statement).one_or_none()
+            if row is not None and new.resource is not None:
+                locked = conn.execute(
+                    pg_insert(saga_resource_locks)
+                    .values(resource=new.resource, saga_id=new.id)
+                    .on_conflict_do_nothing(index_elements=[saga_resource_locks.c.resource])
+                    .returning(saga_resource_locks.c.saga_id)
+                ).one_or_none()
+                if locked is None:
+                    holder = conn.execute(
+                        select(saga_resource_locks.c.saga_id).where(
+                            saga_resource_locks.c.resource == new.resource
+                        )
+                    ).scalar_one()
+                    raise ResourceBusyError(new.resource, str(holder))
+        if row is not None:
+            return saga_from_row(row), True
+        existing = self.get_saga(new.id)
+        if (existing.kind, existing.step_names, existing.inputs) != (new.kind, new.step_names, new.inputs):
+            raise InputError(
+                f"saga id {new.id} is already used by a {existing.kind} saga with other inputs:"
+                " use a new id, or omit it"
+            )
+        if existing.flow_run_id is None and new.flow_run_id is not None:
+            self.attach_flow_run(existing.id, new.flow_run_id)
+            existing = existing.model_copy(update={"flow_run_id": new.flow_run_id})
+        return existing, False
+
+    def resource_holder(self, resource: str) -> uuid.UUID | None:
+        query = select(saga_resource_locks.c.saga_id).where(saga_resource_locks.c.resource == resource)
+        with translate_db_errors("read a resource lock"), self._engine.connect() as conn:
+            holder: uuid.UUID | None = conn.execute(query).scalar_one_or_none()
+        return holder
+
+    def request_cancel(self, saga_id: uuid.UUID) -> SagaRun:
+        statement = (
+            update(saga_runs)
+            .where(saga_runs.c.id == saga_id)
+            .values(cancel_requested=True, updated_at=func.now())
+            .returning(saga_runs)
+        )
+        with translate_db_errors("record a cancel request"), self._engine.begin() as conn:
+            row = conn.execute(statement).one_or_none()
+        if row is None:
+            raise SagaNotFoundError(f"no saga with id {saga_id}: check the id with `sagas list`")
+        return saga_from_row(row)
+
+    def attach_flow_run(self, saga_id: uuid.UUID, flow_run_id: uuid.UUID) -> None:
+        statement = (
+            update(saga_runs)
+            .where(saga_runs.c.id == saga_id)
+            .where(saga_runs.c.flow_run_id.is_(None))
+            .values(flow_run_id=flow_run_id, updated_at=func.now())
+        )
+        with translate_db_errors("link a saga to its flow run"), self._engine.begin() as conn:
+            conn.execute(statement)
+
+    def get_sagas(self, saga_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, SagaRun]:
+        """The sagas among ``saga_ids`` that exist, by id (unknown ids are simply absent)."""
+        if not saga_ids:
+            return {}
+        query = select(saga_runs).where(saga_runs.c.id.in_(list(saga_ids)))
+        with translate_db_errors("read sagas"), self._engine.connect() as conn:
+            return {saga.id: saga for saga in (saga_from_row(row) for row in conn.execute(query))}
+
+    def find_recorded_steps(
+        self,
+        *,
+        keys: Collection[str] = (),
+        output_values: Mapping[str, Collection[str]] | None = None,
+        saga_ids: Collection[uuid.UUID] = (),
+    ) -> list[RecordedStep]:
+        """Steps that recorded one of ``keys`` as their idempotency key, or one of the values under
+        an output field (``{"snapshot_id": [...]}``, compared as text), or that belong to one of
+        ``saga_ids``; each with its saga's status. Which saga, if any, owns a provider resource."""
+        matches = []
+        if keys:
+            matches.append(saga_step_results.c.idempotency_key.in_(list(keys)))
+        for field, values in (output_values or {}).items():
+            if values:
+                matches.append(saga_step_results.c.output[field].astext.in_([str(v) for v in values]))
+        if saga_ids:
+            matches.append(saga_step_results.c.saga_id.in_(list(saga_ids)))
+        if not matches:
+            return []
+        query = (
+            select(saga_step_results, saga_runs.c.status.label("saga_status"))
+            .join(saga_runs, saga_runs.c.id == saga_step_results.c.saga_id)
+            .where(or_(*matches))
+            .order_by(saga_step_results.c.saga_id, saga_step_results.c.step_idx)
+        )
+        with translate_db_errors("find recorded steps"), self._engine.connect() as conn:
+            rows = list(conn.execute(query))
+        found = []
+        for row in rows:
+            data = dict(row._mapping)
+            status = SagaStatus(data.pop("saga_status"))
+            found.append(RecordedStep(step=StepResult.model_validate(data), saga_status=status))
+        return found

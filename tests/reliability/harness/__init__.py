@@ -1,0 +1,51 @@
+"""Machinery shared by the reliability tests and ``scripts/reliability``, one scenario per module.
+
+- ``world``: the simulator seen from a test, the ledger side, and the judging of a world
+  (verdicts: survived, leaked, doubled);
+- ``crash``: the crash matrix (a runner SIGKILLed at every point of every step);
+- ``storm``: many sagas under a seeded storm of faults;
+- ``racing``: several runners on each saga;
+- ``db_faults``: the ledger's connections killed mid-saga.
+
+The names callers use are gathered here.
+"""
+
+from tests.reliability.harness.crash import POINTS, CrashCase, crash_cases, run_crash_case
+from tests.reliability.harness.db_faults import database_faults, kill_ledger_connections
+from tests.reliability.harness.racing import racing_runners
+from tests.reliability.harness.storm import fault_storm
+from tests.reliability.harness.world import (
+    FIXED_KINDS,
+    STEP_WRITES,
+    CaseResult,
+    Sim,
+    Verdict,
+    advance_until_terminal,
+    judge,
+    run_cases_in_parallel,
+    simulators,
+    summary_line,
+    truncate,
+)
+
+__all__ = [
+    "FIXED_KINDS",
+    "POINTS",
+    "STEP_WRITES",
+    "CaseResult",
+    "CrashCase",
+    "Sim",
+    "Verdict",
+    "advance_until_terminal",
+    "crash_cases",
+    "database_faults",
+    "fault_storm",
+    "judge",
+    "kill_ledger_connections",
+    "racing_runners",
+    "run_cases_in_parallel",
+    "run_crash_case",
+    "simulators",
+    "summary_line",
+    "truncate",
+]
