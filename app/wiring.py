@@ -24,7 +24,7 @@ from sagas.ledger.store import Ledger
 from sagas.models import SagaRun
 from sagas.runner import Invoke, Runner, invoke_directly
 from sagas.services import Services
-from sagas.settings import Settings, TokenPurpose, load_settings
+from sagas.settings import Settings, TokenPurpose, check_token, load_settings
 from sagas.steps import Catalog
 from tasks.registry import catalog as registry_catalog
 
@@ -77,8 +77,9 @@ def use_catalog(factory: Callable[[], Catalog]) -> None:
 def secret_block_token(settings: Settings, purpose: TokenPurpose) -> SecretStr | None:
     """The token from the Prefect Secret block named in settings, if one is named.
 
-    The value goes straight into a SecretStr and from there into the client's header: it is
-    never a flow parameter, never logged, never in an artifact.
+    The value must pass ``check_token`` (a refusal names the block, never the value), then goes
+    into a SecretStr and from there into the client's header: it is never a flow parameter, never
+    logged, never in an artifact.
     """
     block = (
         settings.do_token_provisioning_block
@@ -96,7 +97,7 @@ def secret_block_token(settings: Settings, purpose: TokenPurpose) -> SecretStr |
         raise ConfigurationError(
             f"no Prefect Secret block named {block!r}: create it, or unset the setting"
         ) from exc
-    return SecretStr(str(value))
+    return check_token(str(value), f"the Prefect Secret block {block!r}")
 
 
 def launch_on_deployment(saga: SagaRun) -> None:

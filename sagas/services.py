@@ -30,7 +30,7 @@ class Services:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def digitalocean(self, purpose: TokenPurpose = TokenPurpose.PROVISIONING) -> DigitalOceanClient:
-        from sagas.digitalocean.client import DigitalOceanClient, RetryPolicy
+        from sagas.digitalocean.client import DEFAULT_RETRY, DigitalOceanClient
 
         with self._lock:
             client = self._clients.get(purpose)
@@ -39,7 +39,7 @@ class Services:
                 token = self.token_source(purpose) if self.token_source is not None else None
                 if token is not None:
                     s = s.model_copy(update={f"do_token_{purpose.value}": token})
-                retry = RetryPolicy(
+                retry = DEFAULT_RETRY.replace(
                     attempts=s.do_retry_attempts,
                     base_delay=s.do_retry_base_seconds,
                     max_delay=s.do_retry_max_seconds,

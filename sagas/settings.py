@@ -1,22 +1,66 @@
 """Settings: the only module that reads the environment.
 
 Every variable is prefixed ``SAGAS_``. Tokens are ``SecretStr`` so that printing a ``Settings``
-never shows them. Nothing here runs at import time: call ``load_settings()``.
+never shows them, and every token, wherever it comes from, passes ``check_token`` before it is used:
+a value that is not a valid bearer token would make httpx fail while encoding the header, and that
+failure's text (the header value with it) would reach the logs. Nothing here runs at import time:
+call ``load_settings()``. An error from here never contains a setting's value.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sagas.errors import ConfigurationError
 
 DEFAULT_DO_API_URL = "https://api.digitalocean.com"
+# RFC 6750 b64token: what an ``Authorization: Bearer`` header may carry. DigitalOcean's own tokens
+# (``dop_v1_`` and 64 hex digits) are a small part of it.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+MAX_TOKEN_LENGTH = 1024
+_QUOTES = frozenset("\"'`\u00ab\u00bb\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u201f\u2039\u203a")
+
+
+def check_token(value: str, source: str) -> SecretStr:
+    """``value`` as a ``SecretStr`` if it can be sent as a bearer token, else ConfigurationError.
+
+    ``source`` names where the value came from (``SAGAS_DO_TOKEN``, ``the Prefect Secret block
+    'do-token'``); the message names it and what is wrong, never the value or any part of it.
+    """
+    problem = _token_problem(value)
+    if problem is not None:
+        raise ConfigurationError(
+            f"{source} is not a usable DigitalOcean API token: {problem}. Set it to the token alone,"
+            " as DigitalOcean shows it (letters, digits and - . _ ~ + /)."
+        )
+    return SecretStr(value)
+
+
+def _token_problem(value: str) -> str | None:
+    # Checked from the likeliest paste mistake to the least, so the message says what to fix.
+    if not value:
+        return "it is empty"
+    if len(value) > MAX_TOKEN_LENGTH:
+        return f"it is longer than {MAX_TOKEN_LENGTH} characters (a whole file pasted?)"
+    if any(c in _QUOTES for c in value):
+        return "it contains quote marks (copied with the quotes around it?)"
+    if any(c.isspace() for c in value):
+        return "it contains spaces or line breaks (a trailing newline from a file?)"
+    if not value.isascii():
+        return "it contains non-ASCII characters (pasted from a document?)"
+    if not value.isprintable():
+        return "it contains control characters"
+    if _BEARER_TOKEN.fullmatch(value) is None:
+        return "it contains characters a bearer token cannot have"
+    return None
 
 
 class TokenPurpose(StrEnum):
@@ -36,7 +80,10 @@ def _default_home() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SAGAS_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a ValidationError's text would otherwise quote the value, token included.
+    model_config = SettingsConfigDict(
+        env_prefix="SAGAS_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     database_url: SecretStr | None = Field(
         default=None,
@@ -82,6 +129,16 @@ class Settings(BaseSettings):
     compensation_attempts: int = Field(default=5, ge=1)
     forward_attempts: int = Field(default=5, ge=1, description="Tries of a step after the pivot.")
     compensation_backoff_seconds: float = Field(default=2.0, ge=0)
+    compensation_deadline_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="After this a compensation stops: compensation_failed with the last error.",
+    )
+    pending_event_wait_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="How long a 422 'pending event' (another action runs on the droplet) is waited out.",
+    )
 
     @field_validator("do_api_url")
     @classmethod
@@ -92,12 +149,15 @@ class Settings(BaseSettings):
 
     @field_validator("do_token", "do_token_provisioning", "do_token_read")
     @classmethod
-    def _token_is_one_word(cls, value: SecretStr | None) -> SecretStr | None:
-        # A token with a newline (a Secret pasted from a file) would make httpx echo the header
-        # value in its error, escaped past any redaction: refuse it here instead.
-        if value is not None and any(c.isspace() or not c.isprintable() for c in value.get_secret_value()):
-            raise ValueError("a DigitalOcean token must not contain spaces, newlines or control characters")
-        return value
+    def _token_is_a_bearer_token(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # Empty means unset: do_token_for says which variable to set.
+        if value is None or not value.get_secret_value():
+            return value
+        try:
+            return check_token(value.get_secret_value(), f"SAGAS_{(info.field_name or '').upper()}")
+        except ConfigurationError as exc:
+            # A custom error type: its message is ours alone ("Value error, ..." adds nothing).
+            raise PydanticCustomError("do_token", str(exc)) from None
 
     @field_validator("database_url")
     @classmethod

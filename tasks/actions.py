@@ -4,7 +4,9 @@ Every droplet action a step takes goes through ``perform_droplet_action``. It ch
 ``<slot>_posting`` before the POST and ``<slot>_action_id`` right after, so a runner that dies
 anywhere resumes by polling the same action. After a POST whose outcome is unknown (no response,
 an unreadable 2xx) it looks for the action among the droplet's recent ones before it would ever
-post again; a 422 "pending event" (another action runs) is waited out, not failed.
+post again; a 422 "pending event" (another action runs) is waited out, not failed, for at most
+``pending_event_wait_seconds`` (the shared ``sagas.retry.RetryPolicy``: the one retry layer of that
+wait; the client does not retry a 422).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sagas.errors import (
     ProviderRejectedError,
     ProviderResponseError,
 )
+from sagas.retry import RetryPolicy
 from sagas.steps import StepContext
 from tasks.waiting import Backoff, wait_until
 
@@ -28,6 +31,8 @@ from tasks.waiting import Backoff, wait_until
 # the clocks of the ledger and of the provider differ a little.
 CLOCK_SKEW = timedelta(seconds=30)
 MAX_UNANSWERED_POSTS = 3
+# pending_event_wait_seconds bounds the wait; this only keeps a zero poll interval from spinning.
+PENDING_EVENT_MAX_TRIES = 10_000
 
 
 def perform_droplet_action(
@@ -57,50 +62,69 @@ def start_droplet_action(
     unanswered = 1 if ctx.recorded.get(f"{slot}_posting") else 0
     settings = ctx.services.settings
     backoff = Backoff(settings.poll_initial_seconds, settings.poll_max_seconds)
-    deadline = ctx.services.monotonic() + settings.action_timeout_seconds
-    while True:
-        if unanswered:
-            # An earlier POST may have landed late: adopt its action rather than post again.
-            adopted = adopt_action(ctx, do, droplet_id, request.type, slot=slot)
-            if adopted is not None:
+
+    def post_once() -> int:
+        """Adopt or post. A PendingEventError applied nothing: the policy below waits it out and
+        comes back here, where an earlier POST that landed late (the pending event itself) is found."""
+        nonlocal unanswered
+        while True:
+            if unanswered:
+                # An earlier POST may have landed late: adopt its action rather than post again.
+                adopted = adopt_action(ctx, do, droplet_id, request.type, slot=slot)
+                if adopted is not None:
+                    return adopted
+                if unanswered > MAX_UNANSWERED_POSTS:
+                    raise AmbiguousWriteError(
+                        f"{MAX_UNANSWERED_POSTS} {request.type} POSTs for droplet {droplet_id} went"
+                        " unanswered and none shows up among its actions"
+                    )
+            if f"{slot}_known" not in ctx.recorded:
+                # What already ran on the droplet: after an unanswered POST, only an action that is
+                # not among these can be ours (clocks cannot tell a neighbour's action from ours).
+                known = [
+                    a.id for a in do.list_droplet_actions(droplet_id, max_pages=1) if a.type == request.type
+                ]
+                ctx.checkpoint(**{f"{slot}_known": known, f"{slot}_posting": True})
+            else:
+                ctx.checkpoint(**{f"{slot}_posting": True})
+            try:
+                action = do.post_droplet_action(droplet_id, request)
+            except PendingEventError:
+                raise
+            except ProviderResponseError:
+                # A 2xx we could not read: the write happened. Adopt it; never post again.
+                adopted = adopt_action(ctx, do, droplet_id, request.type, slot=slot)
+                if adopted is None:
+                    raise
                 return adopted
-            if unanswered > MAX_UNANSWERED_POSTS:
-                raise AmbiguousWriteError(
-                    f"{MAX_UNANSWERED_POSTS} {request.type} POSTs for droplet {droplet_id} went unanswered"
-                    " and none shows up among its actions"
-                )
-        if f"{slot}_known" not in ctx.recorded:
-            # What already ran on the droplet: after an unanswered POST, only an action that is
-            # not among these can be ours (clocks cannot tell a neighbour's action from ours).
-            known = [a.id for a in do.list_droplet_actions(droplet_id, max_pages=1) if a.type == request.type]
-            ctx.checkpoint(**{f"{slot}_known": known, f"{slot}_posting": True})
-        else:
-            ctx.checkpoint(**{f"{slot}_posting": True})
-        try:
-            action = do.post_droplet_action(droplet_id, request)
-        except PendingEventError:
-            # Another action runs on the droplet (ours, if an earlier POST landed late: the loop's
-            # top finds it). This POST applied nothing. Wait and try again.
-            if ctx.services.monotonic() > deadline:
+            except AmbiguousWriteError:
+                # Not a retry of the same outcome: the loop's top looks for the action before any
+                # new POST, and MAX_UNANSWERED_POSTS bounds how often that can happen.
+                unanswered += 1
+                ctx.sleep(backoff.next())
+                continue
+            except ProviderRejectedError:
                 _forget_post_unless_unanswered(ctx, slot, unanswered)
                 raise
-            ctx.sleep(backoff.next())
-            continue
-        except ProviderResponseError:
-            # A 2xx we could not read: the write happened. Adopt it; never post again.
-            adopted = adopt_action(ctx, do, droplet_id, request.type, slot=slot)
-            if adopted is None:
-                raise
-            return adopted
-        except AmbiguousWriteError:
-            unanswered += 1
-            ctx.sleep(backoff.next())
-            continue
-        except ProviderRejectedError:
-            _forget_post_unless_unanswered(ctx, slot, unanswered)
-            raise
-        ctx.checkpoint(**{f"{slot}_id": action.id})
-        return action.id
+            ctx.checkpoint(**{f"{slot}_id": action.id})
+            return action.id
+
+    # Another action runs on the droplet: wait for it, for at most pending_event_wait_seconds, at
+    # poll pace, checking for a cancel while waiting. The deadline, not the count, is the bound.
+    wait_out_pending_events = RetryPolicy(
+        on=PendingEventError,
+        attempts=PENDING_EVENT_MAX_TRIES,
+        deadline=settings.pending_event_wait_seconds,
+        base_delay=settings.poll_initial_seconds,
+        max_delay=settings.poll_max_seconds,
+        sleep=ctx.sleep,
+        clock=ctx.services.monotonic,
+    )
+    try:
+        return wait_out_pending_events.run(post_once)
+    except PendingEventError:
+        _forget_post_unless_unanswered(ctx, slot, unanswered)
+        raise
 
 
 def _forget_post_unless_unanswered(ctx: StepContext, slot: str, unanswered: int) -> None:

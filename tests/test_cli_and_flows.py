@@ -355,3 +355,10 @@ def test_tokens_come_from_a_prefect_secret_block(
     monkeypatch.setenv("SAGAS_DO_TOKEN_PROVISIONING_BLOCK", "no-such-block")
     with pytest.raises(ConfigurationError, match="no-such-block"):
         secret_block_token(load_settings(), TokenPurpose.PROVISIONING)
+
+    # A token pasted into the block with curly quotes is refused by the block's name, not quoted.
+    Secret(value=f"\u201c{block_token}\u201d").save("arcadia-do-quoted", overwrite=True)
+    monkeypatch.setenv("SAGAS_DO_TOKEN_PROVISIONING_BLOCK", "arcadia-do-quoted")
+    with pytest.raises(ConfigurationError, match="Prefect Secret block 'arcadia-do-quoted'") as caught:
+        secret_block_token(load_settings(), TokenPurpose.PROVISIONING)
+    assert block_token not in f"{caught.value} {caught.value!r}"

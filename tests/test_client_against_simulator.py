@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from sagas.digitalocean.client import DigitalOceanClient, RetryPolicy
+from sagas.digitalocean.client import DEFAULT_RETRY, DigitalOceanClient
 from sagas.digitalocean.models import (
     DomainRecordCreateRequest,
     DropletCreateRequest,
@@ -50,7 +50,9 @@ def sim() -> Iterator[RunningSimulator]:
 def do(sim: RunningSimulator) -> Iterator[DigitalOceanClient]:
     sim.app.reset()
     http = httpx.Client(base_url=sim.base_url, timeout=5)
-    client = DigitalOceanClient(http, SecretStr("dop_v1_e2e-test"), retry=RetryPolicy(sleep=time.sleep))
+    client = DigitalOceanClient(
+        http, SecretStr("dop_v1_e2e-test"), retry=DEFAULT_RETRY.replace(sleep=time.sleep)
+    )
     yield client
     http.close()
 

@@ -3,7 +3,7 @@
 The fake plays the server: it receives real ``httpx.Request`` objects, checks every one against
 DigitalOcean's official OpenAPI description, and answers with real ``httpx.Response`` objects (or
 raises the httpx exception a broken network would). Nothing of ours is patched; retries wait through
-``RetryPolicy.sleep``, which the tests replace with a recorder.
+the client's ``RetryPolicy.sleep`` (``sagas.retry``), which the tests replace with a recorder.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from openapi_core.datatypes import RequestParameters
 from pydantic import SecretStr
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from sagas.digitalocean.client import DigitalOceanClient, RetryPolicy
+from sagas.digitalocean.client import DEFAULT_RETRY, DigitalOceanClient
 from sagas.digitalocean.models import (
     DomainRecordCreateRequest,
     DropletActionRequest,
@@ -273,10 +273,21 @@ def sleeps() -> list[float]:
 
 
 def make_client(
-    fake: FakeDigitalOcean, sleeps: list[float], *, budget: RateBudget | None = None, **retry: Any
+    fake: FakeDigitalOcean,
+    sleeps: list[float],
+    *,
+    budget: RateBudget | None = None,
+    max_rate_limit_wait: float = 120.0,
+    **retry: Any,
 ) -> DigitalOceanClient:
     http = httpx.Client(base_url=BASE_URL, transport=httpx.MockTransport(fake))
-    return DigitalOceanClient(http, TOKEN, budget=budget, retry=RetryPolicy(sleep=sleeps.append, **retry))
+    return DigitalOceanClient(
+        http,
+        TOKEN,
+        budget=budget,
+        retry=DEFAULT_RETRY.replace(sleep=sleeps.append, **retry),
+        max_rate_limit_wait=max_rate_limit_wait,
+    )
 
 
 @pytest.fixture

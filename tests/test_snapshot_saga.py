@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -227,6 +228,41 @@ class _NoStep:
 
 
 _NO_STEP = _NoStep()
+
+
+def test_a_pending_event_is_waited_out_and_the_snapshot_taken_once(
+    sim: httpx.Client, api: httpx.Client, ledger: Ledger, settings: Settings
+) -> None:
+    sim.post("/_sim/config", json={"action_seconds_by_type": {"reboot": 25}}).raise_for_status()  # 0.5 s
+    droplet = seed_droplet(sim)
+    api.post(f"/v2/droplets/{droplet}/actions", json={"type": "reboot"}).raise_for_status()
+    saga_id = start(ledger, "snapshot", {"droplet_id": droplet})
+    saga = runner(ledger, settings).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED, saga.error
+    counters = sim.get("/_sim/state").json()["counters"]
+    assert counters["statuses"].get("422", 0) >= 1  # the snapshot POST did meet the reboot
+    assert counters["writes"][f"snapshot:arcadia-snap-{droplet}-{saga_id.hex[:8]}"] == 1
+
+
+def test_a_pending_event_outlasting_the_wait_fails_the_step_and_posts_nothing(
+    sim: httpx.Client, api: httpx.Client, ledger: Ledger, settings: Settings
+) -> None:
+    # The reboot lasts 10 s of wall time; the action timeout (20 s) would outwait it, the pending
+    # event wait (0.3 s) must not.
+    sim.post("/_sim/config", json={"action_seconds_by_type": {"reboot": 500}}).raise_for_status()
+    droplet = seed_droplet(sim)
+    api.post(f"/v2/droplets/{droplet}/actions", json={"type": "reboot"}).raise_for_status()
+    saga_id = start(ledger, "snapshot", {"droplet_id": droplet})
+    short = settings.model_copy(update={"pending_event_wait_seconds": 0.3})
+    started = time.monotonic()
+    saga = runner(ledger, short).advance(saga_id)
+    assert time.monotonic() - started < 8.0
+    assert saga.status is not SagaStatus.COMPLETED
+    assert "pending event" in (saga.error or "")
+    counters = sim.get("/_sim/state").json()["counters"]
+    assert counters["statuses"].get("422", 0) >= 2  # waited and tried again before giving up
+    assert not any(key.startswith("snapshot:") for key in counters["writes"])
+    assert live_snapshots(sim) == []
 
 
 def test_cancel_while_polling_rolls_back(sim: httpx.Client, ledger: Ledger, settings: Settings) -> None:

@@ -8,11 +8,16 @@ path (callers must not stack another around it):
 - 404 ``ProviderNotFoundError``; 422 "pending event" ``PendingEventError``; other 4xx
   ``ProviderRejectedError`` with DigitalOcean's ``id``/``message``/``request_id``.
 - 429: wait for ``retry-after`` or ``ratelimit-reset`` and send again (a 429 was not applied, so this
-  is safe for every method) within ``RetryPolicy.max_rate_limit_wait``; then ``RateLimitedError``.
-- 5xx and transport failures: GET and DELETE are retried with capped, jittered exponential backoff,
-  then ``ProviderUnavailableError``. A POST is retried only when nothing was sent (connect errors);
-  once it may have reached the provider it is ``AmbiguousWriteError`` at once and NEVER re-sent:
-  the caller resolves it by looking the resource up by its deterministic name.
+  is safe for every method) within the client's ``max_rate_limit_wait``; then ``RateLimitedError``.
+  These waits are a budget of their own and do not count against the retry policy's deadline.
+- 5xx and transport failures: GET and DELETE are retried by the client's ``RetryPolicy``
+  (``sagas.retry``: capped attempts and deadline, jittered backoff), then ``ProviderUnavailableError``.
+  A POST is retried only when nothing was sent (connect errors); once it may have reached the
+  provider it is ``AmbiguousWriteError`` at once and NEVER re-sent: the caller resolves it by looking
+  the resource up by its deterministic name.
+- A request that cannot even be built or sent as a valid HTTP request (a token that is not a valid
+  header value) is ``ConfigurationError`` or ``ProviderError``, raised without its cause: the cause's
+  text would quote the header, token included.
 
 It must never put the token in a message, a log record or a URL, and never send it to a host other
 than ``base_url`` (pagination links are followed by path only).
@@ -21,10 +26,8 @@ than ``base_url`` (pagination links are followed by path only).
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Literal, Self, TypeVar, get_args, overload
@@ -67,7 +70,8 @@ from sagas.errors import (
     ProviderUnavailableError,
     RateLimitedError,
 )
-from sagas.settings import Settings, TokenPurpose
+from sagas.retry import RetryPolicy
+from sagas.settings import Settings, TokenPurpose, check_token
 
 logger = logging.getLogger("sagas.digitalocean")
 
@@ -77,6 +81,8 @@ PER_PAGE = 200
 MAX_PAGES = 500
 # A 429 that says "retry now" still waits this long, so a misbehaving server cannot spin us.
 MIN_RATE_LIMIT_WAIT = 1.0
+# How long 429s may hold one call back in all before it is RateLimitedError.
+MAX_RATE_LIMIT_WAIT = 120.0
 
 DOMAIN_RECORD_TYPES: tuple[str, ...] = get_args(DomainRecordType)
 
@@ -89,25 +95,10 @@ M = TypeVar("M", bound=BaseModel)
 P = TypeVar("P", bound=Page)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long ``_send`` keeps trying. ``sleep`` is the test switch: pass a recorder, not a patch."""
-
-    attempts: int = 4
-    base_delay: float = 0.5
-    max_delay: float = 8.0
-    deadline: float = 30.0
-    max_rate_limit_wait: float = 120.0
-    sleep: Callable[[float], None] = time.sleep
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0 or self.deadline < 0:
-            raise ValueError("a retry policy needs attempts >= 1 and non-negative delays")
-
-    def backoff(self, failures: int) -> float:
-        """Capped exponential backoff with equal jitter, for the ``failures``-th failure (1-based)."""
-        capped = min(self.max_delay, self.base_delay * 2.0 ** (failures - 1))
-        return capped / 2 + random.uniform(0, capped / 2)
+# The client's retry policy. It retries ProviderUnavailableError alone: ``_send`` raises that only
+# for a transient failure of a request that is safe to send again (a GET or DELETE that met a 5xx or
+# a transport error, a POST that never left this process). Build others with ``.replace(...)``.
+DEFAULT_RETRY = RetryPolicy(on=ProviderUnavailableError)
 
 
 class DigitalOceanClient:
@@ -120,14 +111,23 @@ class DigitalOceanClient:
         token: SecretStr,
         *,
         budget: RateBudget | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
+        max_rate_limit_wait: float = MAX_RATE_LIMIT_WAIT,
     ) -> None:
         if not token.get_secret_value():
             raise ConfigurationError("an empty DigitalOcean token was given: set SAGAS_DO_TOKEN")
+        check_token(token.get_secret_value(), "the DigitalOcean token given to the client")
+        if max_rate_limit_wait < 0:
+            raise ValueError("max_rate_limit_wait must not be negative")
         self._http = http
         self._token = token
         self._budget = budget
-        self._retry = retry
+        # Whatever ``on`` the caller chose, only what is safe to send again is ever re-sent: a
+        # caller's policy may narrow that, never widen it (a POST that may have landed is never resent).
+        self._retry = retry.replace(
+            on=lambda exc: isinstance(exc, ProviderUnavailableError) and retry.retries(exc)
+        )
+        self._max_rate_limit_wait = max_rate_limit_wait
         self._owns_http = False
 
     @classmethod
@@ -137,7 +137,8 @@ class DigitalOceanClient:
         purpose: TokenPurpose,
         *,
         transport: httpx.BaseTransport | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
+        max_rate_limit_wait: float = MAX_RATE_LIMIT_WAIT,
     ) -> DigitalOceanClient:
         """A client for ``purpose``'s token that owns its httpx client and shares the token's budget."""
         token = settings.do_token_for(purpose)
@@ -154,7 +155,11 @@ class DigitalOceanClient:
             settings.do_rate_limit_per_hour,
             scale=settings.do_rate_window_scale,
         )
-        client = cls(http, token, budget=budget, retry=retry)
+        try:
+            client = cls(http, token, budget=budget, retry=retry, max_rate_limit_wait=max_rate_limit_wait)
+        except BaseException:
+            http.close()
+            raise
         client._owns_http = True
         return client
 
@@ -369,112 +374,154 @@ class DigitalOceanClient:
         body: BaseModel | None = None,
     ) -> M | None:
         where = f"{method} {path}"
+        self._refuse_an_unsendable_token(where)
         payload = body.model_dump(mode="json", exclude_none=True) if body is not None else None
         idempotent = method in _IDEMPOTENT
-        policy = self._retry
-        started = time.monotonic()
-        failures = 0
-        backoff_slept = 0.0
+        tries = 0
         rate_limit_waited = 0.0
+        # The deadline is for failures, not for the provider's rate limit: 429 waits have their own
+        # budget (max_rate_limit_wait), so the policy's clock does not see them.
+        clock = self._retry.clock
+        policy = self._retry.replace(clock=lambda: clock() - rate_limit_waited)
 
-        def retry_delay() -> float | None:
-            """Seconds to wait before the next attempt, or None when attempts or time ran out."""
-            if failures >= policy.attempts:
-                return None
-            delay = policy.backoff(failures)
-            elapsed = max(time.monotonic() - started - rate_limit_waited, backoff_slept)
-            return None if elapsed + delay > policy.deadline else delay
-
-        while True:
-            if self._budget is not None:
-                self._budget.acquire()
-            try:
-                response = self._http.request(
-                    method, path, params=params, json=payload, headers=self._headers()
-                )
-            except httpx.TransportError as exc:
-                what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                if not idempotent and not isinstance(exc, _NOT_SENT):
-                    raise self._error(
-                        AmbiguousWriteError,
-                        f"{where} failed with {what} after the request may have reached the provider;"
-                        " it may or may not have been applied. Do not resend it: look the resource up"
-                        " by its idempotency key.",
-                    ) from exc
-                failures += 1
-                delay = retry_delay()
-                if delay is None:
+        def attempt() -> M | None:
+            """One try, through any 429s. A retryable failure is ProviderUnavailableError."""
+            nonlocal tries, rate_limit_waited
+            tries += 1
+            while True:
+                if self._budget is not None:
+                    self._budget.acquire()
+                request = self._build(where, method, path, params, payload)
+                unsendable: str | None = None
+                try:
+                    response = self._http.send(request)
+                except httpx.LocalProtocolError as exc:
+                    # h11 refusing our own request (an illegal header value): its text quotes it.
+                    unsendable = type(exc).__name__
+                except httpx.TransportError as exc:
+                    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    if not idempotent and not isinstance(exc, _NOT_SENT):
+                        raise self._error(
+                            AmbiguousWriteError,
+                            f"{where} failed with {what} after the request may have reached the provider;"
+                            " it may or may not have been applied. Do not resend it: look the resource up"
+                            " by its idempotency key.",
+                        ) from exc
                     raise self._error(
                         ProviderUnavailableError,
-                        f"{where} failed with {what} ({failures} attempts); the provider could not"
+                        f"{where} failed with {what} ({tries} attempts); the provider could not"
                         " be reached: try again later.",
                     ) from exc
-                logger.warning("%s failed with %s; retrying in %.1fs", where, type(exc).__name__, delay)
-                policy.sleep(delay)
-                backoff_slept += delay
-                continue
-            except httpx.HTTPError as exc:  # e.g. a body that cannot be decoded
-                raise self._error(
-                    ProviderResponseError,
-                    f"{where}: the response could not be read ({type(exc).__name__}: {exc});"
-                    " report it with the time of the request.",
-                ) from exc
-
-            status = response.status_code
-            logger.debug("%s %s -> %s", method, path, status)
-            if self._budget is not None:
-                self._budget.observe(response.headers)
-
-            if 200 <= status < 300:
-                return self._parse(where, response, model)
-
-            if status == 429:
-                wait = _rate_limit_wait(response.headers)
-                if wait is None:
-                    wait = policy.backoff(1)
-                wait = max(wait, MIN_RATE_LIMIT_WAIT)
-                if rate_limit_waited + wait > policy.max_rate_limit_wait:
+                except httpx.HTTPError as exc:  # e.g. a body that cannot be decoded
                     raise self._error(
-                        RateLimitedError,
-                        f"{where}: rate limited (HTTP 429) for longer than the client's"
-                        f" {policy.max_rate_limit_wait:.0f}s wait budget; the request was not applied,"
-                        f" retry after {wait:.0f}s or lower the request rate.",
-                        retry_after=wait,
-                        status_code=status,
-                        request_id=_error_body(response).request_id,
-                    )
-                logger.info("%s rate limited; waiting %.1fs", where, wait)
-                policy.sleep(wait)
-                rate_limit_waited += wait
-                continue
+                        ProviderResponseError,
+                        f"{where}: the response could not be read ({type(exc).__name__}: {exc});"
+                        " report it with the time of the request.",
+                    ) from exc
+                if unsendable is not None:
+                    # Raised outside the handler, so the cause is neither printed nor kept as context.
+                    raise self._unsendable(where, unsendable)
 
-            if status >= 500:
-                error = _error_body(response)
-                detail = _describe(status, error)
-                if not idempotent:
-                    raise self._error(
-                        AmbiguousWriteError,
-                        f"{where} failed with {detail}; the provider may or may not have applied it."
-                        " Do not resend it: look the resource up by its idempotency key.",
-                        status_code=status,
-                        request_id=error.request_id,
-                    )
-                failures += 1
-                delay = retry_delay()
-                if delay is None:
+                status = response.status_code
+                logger.debug("%s %s -> %s", method, path, status)
+                if self._budget is not None:
+                    self._budget.observe(response.headers)
+
+                if 200 <= status < 300:
+                    return self._parse(where, response, model)
+
+                if status == 429:
+                    wait = _rate_limit_wait(response.headers)
+                    if wait is None:
+                        wait = policy.backoff(1)
+                    wait = max(wait, MIN_RATE_LIMIT_WAIT)
+                    if rate_limit_waited + wait > self._max_rate_limit_wait:
+                        raise self._error(
+                            RateLimitedError,
+                            f"{where}: rate limited (HTTP 429) for longer than the client's"
+                            f" {self._max_rate_limit_wait:.0f}s wait budget; the request was not applied,"
+                            f" retry after {wait:.0f}s or lower the request rate.",
+                            retry_after=wait,
+                            status_code=status,
+                            request_id=_error_body(response).request_id,
+                        )
+                    logger.info("%s rate limited; waiting %.1fs", where, wait)
+                    policy.sleep(wait)
+                    rate_limit_waited += wait
+                    continue
+
+                if status >= 500:
+                    error = _error_body(response)
+                    detail = _describe(status, error)
+                    if not idempotent:
+                        raise self._error(
+                            AmbiguousWriteError,
+                            f"{where} failed with {detail}; the provider may or may not have applied it."
+                            " Do not resend it: look the resource up by its idempotency key.",
+                            status_code=status,
+                            request_id=error.request_id,
+                        )
                     raise self._error(
                         ProviderUnavailableError,
-                        f"{where} failed with {detail} ({failures} attempts); the provider is having"
+                        f"{where} failed with {detail} ({tries} attempts); the provider is having"
                         " trouble: try again later.",
                         status_code=status,
                         request_id=error.request_id,
                     )
-                logger.warning("%s -> %s; retrying in %.1fs", where, status, delay)
-                policy.sleep(delay)
-                backoff_slept += delay
-                continue
 
-            raise self._rejection(where, response)
+                raise self._rejection(where, response)
+
+        def log_retry(exc: BaseException, failures: int, delay: float) -> None:
+            status = getattr(exc, "status_code", None)
+            if status is not None:
+                logger.warning("%s -> %s; retrying in %.1fs", where, status, delay)
+            else:
+                cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else type(exc).__name__
+                logger.warning("%s failed with %s; retrying in %.1fs", where, cause, delay)
+
+        return policy.run(attempt, on_retry=log_retry)
+
+    def _build(
+        self,
+        where: str,
+        method: Method,
+        path: str,
+        params: dict[str, str | int] | None,
+        payload: object,
+    ) -> httpx.Request:
+        """The request, or an error that does not quote it: httpx's own (a UnicodeEncodeError of the
+        Authorization header, say) carries the header value, token included, in its text or fields."""
+        try:
+            return self._http.build_request(
+                method, path, params=params, json=payload, headers=self._headers()
+            )
+        except Exception as exc:
+            problem = type(exc).__name__
+        # Outside the handler: the new error has no __context__ pointing back at httpx's.
+        raise self._unsendable(where, problem)
+
+    def _refuse_an_unsendable_token(self, where: str) -> None:
+        """ConfigurationError, before anything is built, for a token no header can carry.
+
+        The constructor refuses such a token already; this is checked again on every call because
+        httpx and httpcore quote a header value they refuse, in their exceptions and in their own
+        DEBUG log records, where no redaction of ours can reach.
+        """
+        try:
+            check_token(self._token.get_secret_value(), "the client's DigitalOcean token")
+        except ConfigurationError as exc:
+            message = f"{where} was not sent: {exc}"
+        else:
+            return
+        raise ConfigurationError(message)
+
+    def _unsendable(self, where: str, problem: str) -> ProviderError:
+        """A request httpx would not build or send although the token is fine: a bug of ours."""
+        return self._error(
+            ProviderError,
+            f"{where} was not sent: httpx refused to build or send it ({problem}); nothing reached"
+            " the provider. This is a bug in the request: report it with the time of the request.",
+        )
 
     def _headers(self) -> dict[str, str]:
         return {

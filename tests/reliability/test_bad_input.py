@@ -22,7 +22,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 import app.cli.run
-from sagas.digitalocean.client import DigitalOceanClient, RetryPolicy
+from sagas.digitalocean.client import DEFAULT_RETRY, DigitalOceanClient
 from sagas.digitalocean.models import DomainRecordCreateRequest, PowerOffActionRequest
 from sagas.errors import InputError, ProviderError
 from sagas.ledger.store import Ledger
@@ -172,10 +172,8 @@ def test_malformed_provider_responses_end_in_our_errors(
         return httpx.Response(status, content=body, headers=h)
 
     http = httpx.Client(base_url="http://api.test", transport=httpx.MockTransport(answer))
-    retry = RetryPolicy(
-        attempts=2, base_delay=0, max_delay=0, deadline=1, max_rate_limit_wait=2, sleep=lambda s: None
-    )
-    with DigitalOceanClient(http, SecretStr(TOKEN), retry=retry) as do:
+    retry = DEFAULT_RETRY.replace(attempts=2, base_delay=0, max_delay=0, deadline=1, sleep=lambda s: None)
+    with DigitalOceanClient(http, SecretStr(TOKEN), retry=retry, max_rate_limit_wait=2) as do:
         try:
             CALLS[call](do)
         except ProviderError as exc:

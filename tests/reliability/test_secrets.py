@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from sagas.errors import SagaError
@@ -82,3 +83,38 @@ def test_the_token_appears_nowhere(
     leaked = [e for e in errors if TOKEN in e]
     # A token *given as input* (a user pasting it in the wrong field) is refused without echoing it.
     assert not leaked, leaked
+
+
+# Tokens pasted wrong: each reaches the client through a token source (as a Prefect Secret block
+# would), past the environment's check, and must be refused without being quoted or sent.
+MALFORMED_TOKEN_SHAPES = {
+    "curly-quotes": "\u201c{}\u201d",
+    "e-acute": "{}\u00e9",
+    "crlf": "{}\r\nX-Injected: yes",
+    "double-quote": '"{}"',
+    "space": "{} x",
+    "4kb": "{}" + "a" * 4096,
+}
+
+
+@pytest.mark.parametrize("shape", sorted(MALFORMED_TOKEN_SHAPES))
+def test_a_malformed_token_is_refused_and_appears_nowhere(
+    sim: httpx.Client, ledger: Ledger, settings: Settings, caplog: pytest.LogCaptureFixture, shape: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    bad = MALFORMED_TOKEN_SHAPES[shape].format(TOKEN)
+    droplet = seed_droplet(sim)
+    saga, _ = ledger.create_saga(catalog().new_saga("snapshot", {"droplet_id": droplet}))
+    services = Services(settings, token_source=lambda purpose: SecretStr(bad))
+    try:
+        final = Runner(ledger, catalog(), services).advance(saga.id)
+    finally:
+        services.close()
+
+    assert final.status != "completed"
+    assert "not a usable DigitalOcean API token" in (final.error or "")
+    assert sim.get("/_sim/state").json()["counters"]["requests"] == {}  # nothing was sent
+    logged = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''} {r.args!r}" for r in caplog.records)
+    assert TOKEN not in logged
+    assert TOKEN not in _dump_ledger(ledger)
+    assert TOKEN not in (final.error or "")
