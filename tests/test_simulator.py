@@ -181,8 +181,8 @@ def test_pending_event_is_422(do: httpx.Client, control: httpx.Client) -> None:
 
 def test_resize_needs_the_droplet_off(do: httpx.Client, control: httpx.Client) -> None:
     droplet_id = seed(control)
-    refused = do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "resize", "size": "s-2vcpu-4gb"})
-    assert refused.status_code == 422 and "power it off" in refused.json()["message"]
+    message = refusal(do, droplet_id, type="resize", size="s-2vcpu-4gb")
+    assert message == "Droplet is currently on. Please power it off to run this event."
 
 
 def droplet(do: httpx.Client, droplet_id: int) -> dict[str, Any]:
@@ -230,18 +230,98 @@ def test_shutdown_then_power_on_with_the_status_lag(do: httpx.Client, control: h
     assert writes[f"action:shutdown:{droplet_id}"] == 1 and writes[f"action:power_on:{droplet_id}"] == 1
 
 
-def test_power_off_or_shutdown_of_an_off_droplet_still_completes(
+def refusal(do: httpx.Client, droplet_id: int, **body: Any) -> str:
+    """POST an action that must be refused with DigitalOcean's 422 body; return its message."""
+    response = do.post(f"/v2/droplets/{droplet_id}/actions", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert set(error) == {"id", "message", "request_id"} and error["id"] == "unprocessable_entity"
+    assert error["request_id"] == response.headers["x-request-id"]
+    return str(error["message"])
+
+
+def powered_off(do: httpx.Client, control: httpx.Client, **extra: Any) -> int:
+    droplet_id = seed(control, **extra)
+    wait_completed(do, act(do, droplet_id, type="power_off")["id"])
+    eventually(lambda: droplet(do, droplet_id)["status"] == "off")
+    return droplet_id
+
+
+def test_power_off_of_an_off_droplet_is_refused_as_already_powered_off(
+    do: httpx.Client, control: httpx.Client
+) -> None:
+    droplet_id = powered_off(do, control)
+    assert refusal(do, droplet_id, type="power_off") == "Droplet is already powered off."
+    # A refusal is no action: it is not listed, not counted, and blocks nothing after it.
+    assert [a["type"] for a in do.get(f"/v2/droplets/{droplet_id}/actions").json()["actions"]] == [
+        "power_off"
+    ]
+    assert control.get("/_sim/state").json()["counters"]["writes"][f"action:power_off:{droplet_id}"] == 1
+    assert droplet(do, droplet_id)["locked"] is False
+    wait_completed(do, act(do, droplet_id, type="power_on")["id"])
+
+
+def test_shutdown_of_an_off_droplet_still_completes(do: httpx.Client, control: httpx.Client) -> None:
+    droplet_id = powered_off(do, control)
+    wait_completed(do, act(do, droplet_id, type="shutdown")["id"])
+    time.sleep(2 * SCALE)  # past the status lag: nothing turned it back on
+    assert droplet(do, droplet_id)["status"] == "off"
+
+
+def test_a_second_power_off_inside_the_status_lag_is_accepted(
+    do: httpx.Client, control: httpx.Client
+) -> None:
+    control.post("/_sim/config", json={"status_lag_seconds": 50.0})
+    droplet_id = seed(control)
+    wait_completed(do, act(do, droplet_id, type="power_off")["id"])
+    assert droplet(do, droplet_id)["status"] == "active"  # the status decides, and it has not changed yet
+    wait_completed(do, act(do, droplet_id, type="power_off")["id"])
+    eventually(lambda: droplet(do, droplet_id)["status"] == "off")
+
+
+def test_power_on_reboot_and_power_cycle_are_accepted_in_either_power_state(
+    do: httpx.Client, control: httpx.Client
+) -> None:
+    # The sources disagree (power_on of a running droplet) or are silent: the simulator accepts.
+    running = seed(control, "on-1")
+    for kind in ("power_on", "reboot", "power_cycle"):
+        wait_completed(do, act(do, running, type=kind)["id"])
+    off = powered_off(do, control, name="off-1")
+    for kind in ("reboot", "power_cycle"):
+        wait_completed(do, act(do, off, type=kind)["id"])
+        eventually(lambda: droplet(do, off)["status"] == "active")
+        wait_completed(do, act(do, off, type="power_off")["id"])
+        eventually(lambda: droplet(do, off)["status"] == "off")
+
+
+def test_snapshot_and_enable_ipv6_of_a_running_droplet_are_accepted(
     do: httpx.Client, control: httpx.Client
 ) -> None:
     droplet_id = seed(control)
-    wait_completed(do, act(do, droplet_id, type="power_off")["id"])
-    eventually(lambda: droplet(do, droplet_id)["status"] == "off")
-    for kind in ("power_off", "shutdown"):
-        again = act(do, droplet_id, type=kind)
-        wait_completed(do, again["id"])
-        assert droplet(do, droplet_id)["status"] == "off"
-    time.sleep(2 * SCALE)  # past the status lag: nothing turned it back on
-    assert droplet(do, droplet_id)["status"] == "off"
+    wait_completed(do, act(do, droplet_id, type="snapshot", name="live")["id"])
+    wait_completed(do, act(do, droplet_id, type="enable_ipv6")["id"])
+    assert droplet(do, droplet_id)["status"] == "active"
+
+
+def test_resize_to_the_droplets_own_size_is_refused(do: httpx.Client, control: httpx.Client) -> None:
+    droplet_id = powered_off(do, control, size="s-1vcpu-1gb")
+    message = refusal(do, droplet_id, type="resize", size="s-1vcpu-1gb")
+    assert message == "The droplet is already set to this size."
+    assert f"action:resize:{droplet_id}" not in control.get("/_sim/state").json()["counters"]["writes"]
+    # The power state is checked first: a running droplet hears that it must be off.
+    running = seed(control, "on-1", size="s-1vcpu-1gb")
+    assert "power it off" in refusal(do, running, type="resize", size="s-1vcpu-1gb")
+
+
+def test_disable_backups_without_backups_is_refused(do: httpx.Client, control: httpx.Client) -> None:
+    droplet_id = seed(control)
+    assert (
+        refusal(do, droplet_id, type="disable_backups")
+        == "Backups have already been disabled on this Droplet."
+    )
+    with_backups = seed(control, "backed-up", backups=True)
+    wait_completed(do, act(do, with_backups, type="disable_backups")["id"])
+    assert refusal(do, with_backups, type="disable_backups").startswith("Backups have already been disabled")
 
 
 def test_resize_without_disk_keeps_the_disk(do: httpx.Client, control: httpx.Client) -> None:
@@ -277,8 +357,8 @@ def test_resize_with_disk_grows_it_for_good(do: httpx.Client, control: httpx.Cli
     state = control.get("/_sim/state").json()
     assert state["droplets"][0]["disk_resized"] is True
     assert state["counters"]["writes"][f"action:resize:{droplet_id}"] == 1
-    smaller = do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "resize", "size": "s-1vcpu-1gb"})
-    assert smaller.status_code == 422 and "smaller disk" in smaller.json()["message"]
+    smaller = refusal(do, droplet_id, type="resize", size="s-1vcpu-1gb")
+    assert smaller == "Size can not decrease size of Droplet's disk image"
     for bad in ({"size": "huge"}, {"size": "s-4vcpu-8gb", "disk": "yes"}):
         refused = do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "resize", **bad})
         assert refused.status_code == 422 and refused.json()["id"] == "unprocessable_entity"
@@ -760,3 +840,15 @@ def test_slow_response_applies_first_then_answers_late() -> None:
         poster.join(10)
         assert answered == [201]
         assert time.monotonic() - started >= 1.0
+
+
+def test_the_control_routes_do_not_import_the_app_that_serves_them() -> None:
+    """``app`` builds the ``/_sim`` routes from ``control``; ``control`` names what it needs as a Protocol."""
+    import ast
+    from pathlib import Path
+
+    import sagas.digitalocean.simulator.control as control
+
+    tree = ast.parse(Path(control.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "app" not in imported and "sagas.digitalocean.simulator.app" not in imported

@@ -342,11 +342,19 @@ def test_power_resize_restore_rebuild(api: Callable[..., httpx.Response], server
 
     run({"type": "shutdown"})
     _eventually(lambda: status() == "off")
-    run({"type": "power_off"})  # already off: still an action that completes
+    run({"type": "shutdown"})  # already off: a shutdown is still an action that completes
+    refused = api("POST", base, 422, json={"type": "power_off"}).json()  # a power_off is refused
+    assert refused["message"] == "Droplet is already powered off."
     assert (
         api("POST", base, 422, json={"type": "resize", "size": "nope"}).json()["id"] == "unprocessable_entity"
     )
+    same = api("POST", base, 422, json={"type": "resize", "size": "s-1vcpu-1gb"}).json()
+    assert same["message"] == "The droplet is already set to this size."
     run({"type": "resize", "size": "s-2vcpu-4gb", "disk": True})
+    smaller = api("POST", base, 422, json={"type": "resize", "size": "s-2vcpu-2gb"}).json()
+    assert smaller["message"] == "Size can not decrease size of Droplet's disk image"
+    backups = api("POST", base, 422, json={"type": "disable_backups"}).json()
+    assert backups["message"] == "Backups have already been disabled on this Droplet."
     droplet = api("GET", f"/v2/droplets/{droplet_id}", 200).json()["droplet"]
     assert (droplet["size_slug"], droplet["memory"], droplet["vcpus"], droplet["disk"]) == (
         "s-2vcpu-4gb",

@@ -7,18 +7,34 @@ No authentication, no rate limiting, no fault injection. Documented with curl ex
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .config import SimulatorConfig
 from .errors import ApiError, bad_request
-from .faults import FaultRule
+from .faults import FaultRegistry, FaultRule
+from .world import World
 
-if TYPE_CHECKING:
-    from .app import SimulatorApp
+
+class Controlled(Protocol):
+    """What the control routes act on: ``SimulatorApp`` is one. Named here rather than imported from
+    ``app`` so that ``app`` (which builds these routes) and this module do not import each other."""
+
+    world: World
+    faults: FaultRegistry
+
+    @property
+    def config(self) -> SimulatorConfig: ...
+
+    def update_config(self, **patch: Any) -> SimulatorConfig: ...
+
+    def reset(self) -> None: ...
+
+    def state(self) -> dict[str, Any]: ...
 
 
 async def _body(request: Request) -> Any:
@@ -50,7 +66,7 @@ def parse_rules(body: Any) -> list[FaultRule]:
 class ControlApi:
     """Handlers for ``/_sim``, operating on one simulator app."""
 
-    def __init__(self, sim: SimulatorApp) -> None:
+    def __init__(self, sim: Controlled) -> None:
         self.sim = sim
 
     def routes(self) -> list[Route]:

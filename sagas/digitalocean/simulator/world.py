@@ -61,8 +61,13 @@ ACTION_TYPES = (
 NAME_RE = re.compile(r"^[a-zA-Z0-9]?[a-z0-9A-Z.\-]*[a-z0-9A-Z]$")
 TAG_RE = re.compile(r"^[a-zA-Z0-9_\-:]+$")
 INVALID_NAME = "Only valid hostname characters are allowed. (a-z, A-Z, 0-9, . and -)"
+# DigitalOcean's own words for the refusals below; docs/simulator.md names the source of each.
 PENDING_EVENT = "Droplet already has a pending event."
 POWERED_ON = "Droplet is currently on. Please power it off to run this event."
+ALREADY_POWERED_OFF = "Droplet is already powered off."
+ALREADY_THIS_SIZE = "The droplet is already set to this size."
+SMALLER_DISK = "Size can not decrease size of Droplet's disk image"
+BACKUPS_ALREADY_DISABLED = "Backups have already been disabled on this Droplet."
 
 FIRST_DROPLET_ID = 3164444
 FIRST_ACTION_ID = 36804636
@@ -329,6 +334,19 @@ class World:
                 visible_at=at + self.config.wall(self.config.snapshot_listing_lag_seconds),
             )
 
+    def _refuse_in_state(self, d: Droplet, kind: str) -> None:
+        """422 for an action DigitalOcean refuses in the droplet's present state.
+
+        Only refusals a public source shows are here: a ``shutdown`` of an ``off`` droplet, a
+        ``power_on`` of an ``active`` one, a ``snapshot`` or ``enable_ipv6`` of a running one are
+        accepted, because the sources disagree or are silent (docs/simulator.md, per action).
+        ``status`` is what decides, so a second ``power_off`` inside the status lag is accepted.
+        """
+        if kind == "power_off" and d.status == "off":
+            raise unprocessable(ALREADY_POWERED_OFF)
+        if kind == "disable_backups" and not d.backups:
+            raise unprocessable(BACKUPS_ALREADY_DISABLED)
+
     def _action_params(self, d: Droplet, kind: str, body: dict[str, Any], now: float) -> dict[str, Any]:
         """Validate a droplet action's arguments; return what its completion needs."""
         if kind == "snapshot":
@@ -347,8 +365,10 @@ class World:
                 raise unprocessable("disk must be a boolean.")
             if d.status != "off":
                 raise unprocessable(POWERED_ON)
+            if size == d.size_slug:
+                raise unprocessable(ALREADY_THIS_SIZE)
             if SIZES[str(size)].disk < d.disk:
-                raise unprocessable("You cannot resize to a size with a smaller disk.")
+                raise unprocessable(SMALLER_DISK)
             return {"size": size, "disk": disk}
         if kind in ("rebuild", "restore"):
             image = self._resolve_image(body.get("image"), now)
@@ -378,6 +398,7 @@ class World:
                 raise unprocessable(f"type must be one of: {', '.join(ACTION_TYPES)}.")
             if self._pending(d, now):
                 raise unprocessable(PENDING_EVENT)
+            self._refuse_in_state(d, str(kind))
             params = self._action_params(d, str(kind), body, now)
             action = self._start_action(d, str(kind), params, now)
             key = f"snapshot:{params['name']}" if kind == "snapshot" else f"action:{kind}:{d.id}"
