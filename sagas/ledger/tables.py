@@ -68,6 +68,8 @@ saga_runs = Table(
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
     Column("flow_run_id", UUID(as_uuid=True)),
     Column("error", Text),
+    # What the saga asks of its runner beyond its inputs (per-step timeouts); see SagaOptions.
+    Column("options", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     # The one-runner rule: a lease with an owner, an expiry and a fencing epoch that grows on
     # every claim, so a runner that lost its lease can never write again.
     Column("lease_owner", UUID(as_uuid=True)),
@@ -127,6 +129,8 @@ saga_step_results = Table(
     Column("failed_at", DateTime(timezone=True)),
     Column("compensation_started_at", DateTime(timezone=True)),
     Column("compensated_at", DateTime(timezone=True)),
+    # Set just before the step's first provider write: null proves nothing was ever sent.
+    Column("write_started_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     UniqueConstraint("saga_id", "step_idx", name="saga_step_results_saga_step_key"),
     CheckConstraint(_in("status", STEP_STATUSES), name="saga_step_results_status_known"),
