@@ -17,6 +17,7 @@ never contains a token.
     ├── DefinitionMismatchError      the saga's pinned steps differ from the registry's (rule 7)
     ├── SagaCancelledError           a cancel request was seen at a safe point
     ├── StepFailedError              a step's execute raised; the saga rolls back
+    ├── StepTimeoutError             a step ran past its deadline: it is in doubt, looked up
     ├── LedgerError                  the database failed or is unreachable; the step fails with it
     │   └── LedgerUnavailableError   no server could be reached or started
     ├── ConfigurationError           a setting is missing or malformed (names the variable)
@@ -103,6 +104,15 @@ class StepFailedError(SagaError):
     def __init__(self, step_name: str, message: str) -> None:
         self.step_name = step_name
         super().__init__(f"step {step_name} failed: {message}")
+
+
+class StepTimeoutError(SagaError):
+    """A step's attempt ran past its deadline; what it did is in doubt until it is looked up."""
+
+    def __init__(self, step_name: str, seconds: float) -> None:
+        self.step_name = step_name
+        self.seconds = seconds
+        super().__init__(f"step {step_name} ran past its {seconds:.0f}s deadline: it is in doubt")
 
 
 class LedgerError(SagaError):

@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class SagaStatus(StrEnum):
@@ -50,6 +50,25 @@ class Reversibility(StrEnum):
     RETRIABLE = "retriable"
 
 
+class SagaOptions(BaseModel):
+    """What a saga asks of its runner beyond its inputs; recorded with the saga."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step_timeouts: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds one attempt of a step may run before it is in doubt, by step name.",
+    )
+
+    @field_validator("step_timeouts")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, seconds in value.items() if not 0 < seconds <= 7 * 86400]
+        if bad:
+            raise ValueError(f"a step timeout must be between 0 and 604800 seconds: {', '.join(bad)}")
+        return value
+
+
 class NewSaga(BaseModel):
     """A saga as a caller asks for it, already validated against the registry."""
 
@@ -64,6 +83,7 @@ class NewSaga(BaseModel):
     triggered_by: str = "manual"
     resource: str | None = None
     flow_run_id: uuid.UUID | None = None  # the Prefect flow run that records and drives it
+    options: dict[str, Any] = Field(default_factory=dict)  # a validated SagaOptions, as JSON
 
 
 class SagaRun(BaseModel):
@@ -92,6 +112,7 @@ class SagaRun(BaseModel):
     resolved_by: str | None = None
     resolved_at: datetime | None = None
     resolution_note: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class StepResult(BaseModel):
@@ -111,6 +132,7 @@ class StepResult(BaseModel):
     failed_at: datetime | None = None
     compensation_started_at: datetime | None
     compensated_at: datetime | None
+    write_started_at: datetime | None = None  # a provider write may have been sent from then on
 
 
 class RecordedStep(BaseModel):

@@ -6,36 +6,54 @@ completed step is replayed from its recorded output, an unfinished one runs agai
 own check-then-act, a saga that is compensating goes on compensating. Running it twice is
 therefore safe: the second caller either finds the saga busy (the lease) or finds less to do.
 
+The point of no return is a pivot's *write*, not its completion: once a pivot's row says a write
+may have been sent, nothing before it is compensated, a cancel only takes effect after it, and a
+pivot in doubt is settled by ``sagas.in_doubt.settle_pivot`` (looked up at the provider). Retries:
+one ``RetryPolicy`` per loop (the forward loop after a pivot, the compensation loop), bounded by
+attempts and time, never retrying what the provider client already retried.
+
 What this module must never do: run a step that is not in the catalog, write after its lease is
-lost (every ledger write is fenced), or hold a database transaction across a step.
+lost (every ledger write is fenced), hold a database transaction across a step, or start a
+rollback because its own infrastructure (the ledger) failed: that stops the runner and leaves the
+saga as it is, for a resume.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from sagas.errors import (
+    ConfigurationError,
     DefinitionMismatchError,
     IdempotencyConflictError,
+    InputError,
     LeaseLostError,
     LedgerError,
+    LedgerUnavailableError,
+    ProviderUnavailableError,
+    RateLimitedError,
     SagaCancelledError,
     SagaError,
     StepFailedError,
+    StepTimeoutError,
     UnknownStepError,
 )
+from sagas.heartbeat import Heartbeat
+from sagas.in_doubt import Found, Lookup, Verdict, proved_not_happened, settle_pivot
 from sagas.ledger.store import Ledger
 from sagas.models import Lease, NextStep, Reversibility, SagaRun, SagaStatus, StepResult, StepStatus
+from sagas.retry import RetryPolicy
 from sagas.services import Services
-from sagas.steps import Catalog, KeyScope, StepContext, StepDefinition
+from sagas.steps import CANCEL_CHECK_SECONDS, Catalog, KeyScope, StepContext, StepDefinition
 
 _log = logging.getLogger("sagas.runner")
 T = TypeVar("T")
+
+LOOKUP_TIMEOUT_SECONDS = 300.0  # how long asking the provider about a step in doubt may take
 
 
 class Phase(StrEnum):
@@ -66,33 +84,28 @@ def describe(exc: BaseException) -> str:
     return text[:2000]
 
 
-class _Heartbeat:
-    """Renews the lease while a step waits on a slow provider; notices when it was lost."""
+# Errors a loop of the runner never retries: its own infrastructure (the runner stops), a request
+# that is wrong as sent, or what the provider client has already retried (one retry layer per
+# call path), or a deadline that has passed.
+_NOT_RETRIED = (
+    LeaseLostError,
+    LedgerError,
+    ConfigurationError,
+    InputError,
+    ProviderUnavailableError,
+    RateLimitedError,
+    IdempotencyConflictError,
+    DefinitionMismatchError,
+)
 
-    def __init__(self, ledger: Ledger, lease: Lease) -> None:
-        self._ledger = ledger
-        self._lease = lease
-        self._stop = threading.Event()
-        self.lost = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{lease.saga_id}", daemon=True)
 
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
+def _undo_worth_retrying(exc: BaseException) -> bool:
+    return not isinstance(exc, (*_NOT_RETRIED, StepTimeoutError))
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
-    def _beat(self) -> None:
-        interval = max(self._lease.seconds / 3, 0.05)
-        while not self._stop.wait(interval):
-            try:
-                if not self._ledger.renew(self._lease):
-                    self.lost.set()
-                    return
-            except Exception as exc:  # a blip: the next beat tries again before expiry
-                _log.warning("could not renew the lease on saga %s: %s", self._lease.saga_id, describe(exc))
+def _forward_worth_retrying(exc: BaseException) -> bool:
+    # After the pivot a step must eventually succeed: a timeout is one more failure to retry.
+    return not isinstance(exc, _NOT_RETRIED)
 
 
 class Runner:
@@ -113,11 +126,14 @@ class Runner:
     def advance(self, saga_id: uuid.UUID, mode: Mode = Mode.FULL, *, reason: str | None = None) -> SagaRun:
         """Claim the saga, do what its ledger says is next (within ``mode``), release it.
 
-        Raises SagaBusyError (writing nothing) when another runner holds it.
+        Raises SagaBusyError (writing nothing) when another runner holds it; LeaseLostError or a
+        LedgerError when this runner had to stop (the saga is left for a resume).
         """
         lease, saga = self.ledger.claim_saga(saga_id, self.services.settings.lease_seconds)
+        heartbeat = Heartbeat(self.ledger, lease, clock=self.services.monotonic)
+        self.services.halt_on(heartbeat.lost)
         try:
-            with _Heartbeat(self.ledger, lease) as heartbeat:
+            with heartbeat:
                 self._advance(lease, saga, mode, reason, heartbeat)
         except LeaseLostError:
             _log.error("lost the lease on saga %s; stopped without writing more", saga_id)
@@ -125,6 +141,8 @@ class Runner:
         except BaseException:
             self._release_quietly(lease)
             raise
+        finally:
+            self.services.halt_on(None)
         released = self.ledger.release(lease)
         return released if released is not None else self.ledger.get_saga(saga_id)
 
@@ -138,7 +156,7 @@ class Runner:
             )
 
     def _advance(
-        self, lease: Lease, saga: SagaRun, mode: Mode, reason: str | None, heartbeat: _Heartbeat
+        self, lease: Lease, saga: SagaRun, mode: Mode, reason: str | None, heartbeat: Heartbeat
     ) -> None:
         try:
             try:
@@ -150,8 +168,9 @@ class Runner:
             if status.is_terminal:
                 return
             if status in (SagaStatus.PENDING, SagaStatus.RUNNING):
-                if mode is Mode.ROLLBACK and self._past_pivot(saga):
-                    # No way back past a pivot: a hook or a cancel can only let it finish forward.
+                if mode is Mode.ROLLBACK and self._pivot_started(saga):
+                    # No way back once a pivot may have written: a hook or a cancel only lets it
+                    # finish forward (the saga keeps its cancel request, so it says so).
                     _log.warning("saga %s is past its point of no return: finishing it forward", saga.id)
                     self._run_forward(lease, saga, heartbeat)
                     return
@@ -180,13 +199,6 @@ class Runner:
             if heartbeat.lost.is_set():
                 raise LeaseLostError(f"the lease on saga {lease.saga_id} was lost while it ran")
 
-    def _past_pivot(self, saga: SagaRun) -> bool:
-        return any(
-            row.status is StepStatus.COMPLETED
-            and self.catalog.step(row.step_name).reversibility_for(saga.inputs) is Reversibility.PIVOT
-            for row in self.ledger.list_step_results(saga.id)
-        )
-
     def _check_definition(self, saga: SagaRun) -> None:
         """Rule 7: a saga runs the steps it was started with, or not at all."""
         try:
@@ -206,9 +218,26 @@ class Runner:
                 f" ({', '.join(kind.steps or saga.step_names)}): deploy the matching code to finish it"
             )
 
+    # -- the point of no return -------------------------------------------------------------
+
+    def _is_pivot(self, saga: SagaRun, name: str) -> bool:
+        return self.catalog.step(name).reversibility_for(saga.inputs) is Reversibility.PIVOT
+
+    @staticmethod
+    def _pivot_began(row: StepResult) -> bool:
+        """A pivot's row says its write may have been sent, and no lookup proved it did not happen."""
+        return row.write_started_at is not None and not proved_not_happened(row.output.get("in_doubt"))
+
+    def _pivot_started(self, saga: SagaRun) -> bool:
+        return any(
+            self._is_pivot(saga, row.step_name)
+            and (row.status is StepStatus.COMPLETED or self._pivot_began(row))
+            for row in self.ledger.list_step_results(saga.id)
+        )
+
     # -- forward -----------------------------------------------------------------------------
 
-    def _run_forward(self, lease: Lease, saga: SagaRun, heartbeat: _Heartbeat) -> SagaStatus:
+    def _run_forward(self, lease: Lease, saga: SagaRun, heartbeat: Heartbeat) -> SagaStatus:
         # Whether a cancel was requested, as of the runner's latest ledger write: every fenced
         # write reads it in the same statement, so a step boundary costs no extra query.
         cancel_requested = self.ledger.set_saga_status(lease, SagaStatus.RUNNING, keep_error=True)
@@ -218,59 +247,50 @@ class Runner:
             else {r.step_idx: r for r in self.ledger.list_step_results(saga.id)}
         )
         outputs: dict[str, Mapping[str, Any]] = {}
-        past_pivot = False  # once a pivot completed there is no way back: failures retry forward
+        past_pivot = False  # once a pivot may have written there is no way back: failures retry forward
         prestarted: StepResult | None = None  # recorded started with the previous step's completion
         finished = False
         for idx, name in enumerate(saga.step_names):
             step = self.catalog.step(name)
+            pivot = self._is_pivot(saga, name)
             row = rows.get(idx)
-            if row is not None and row.status is StepStatus.COMPLETED:
+            if row is not None and row.status in (StepStatus.COMPLETED, StepStatus.SKIPPED):
                 outputs[name] = row.output  # resume, never redo
-                past_pivot |= step.reversibility_for(saga.inputs) is Reversibility.PIVOT
+                past_pivot |= pivot and row.status is StepStatus.COMPLETED
                 continue
-            if row is not None and row.status is StepStatus.FAILED and not past_pivot:
+            began = pivot and row is not None and self._pivot_began(row)
+            if row is not None and row.status is StepStatus.FAILED and not (past_pivot or began):
                 # Died between recording the failure and starting the rollback: roll back now.
                 return self._begin_rollback(lease, row.error or f"step {name} failed")
-            if not past_pivot and cancel_requested:
+            if not (past_pivot or began) and cancel_requested:
                 return self._begin_rollback(lease, f"cancelled before step {name}")
             key = step.idempotency_key(self._key_scope(saga))
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    if attempt == 1 and prestarted is not None and prestarted.step_idx == idx:
-                        started = prestarted
-                    else:
-                        started = self.ledger.record_step_started(lease, idx, name, key)
-                except IdempotencyConflictError as exc:
-                    if past_pivot:
-                        return self._fail_forward(lease, name, describe(exc))
-                    return self._begin_rollback(lease, describe(exc))
-                ctx = self._context(
-                    lease, saga, idx, step, started, outputs, heartbeat, cancellable=not past_pivot
-                )
-                try:
-                    output = self._invoke(step, Phase.EXECUTE, step.execute, ctx)
-                except (LeaseLostError, LedgerError):
-                    raise
-                except Exception as exc:
-                    error = describe(exc)
-                    _log.warning("step %s of saga %s failed (attempt %d): %s", name, saga.id, attempt, error)
-                    self.ledger.record_step_failed(lease, idx, error)
-                    if past_pivot:
-                        if attempt < self.services.settings.forward_attempts:
-                            self.services.sleep(self._forward_backoff(attempt))
-                            continue
-                        return self._fail_forward(lease, name, error)
-                    if not isinstance(exc, StepFailedError | SagaCancelledError):
-                        error = f"step {name} failed: {error}"
-                    return self._begin_rollback(lease, error)
-                break
+            if not step.applies(saga.inputs):
+                why = step.skipped_because or "nothing to do for these inputs"
+                self.ledger.record_step_skipped(lease, idx, name, key, why)
+                outputs[name] = {"skipped": why}
+                prestarted = None
+                continue
+            ran = self._execute_step(
+                lease,
+                saga,
+                idx,
+                step,
+                key,
+                outputs,
+                heartbeat,
+                after_pivot=past_pivot or began,
+                prestarted=prestarted if prestarted is not None and prestarted.step_idx == idx else None,
+            )
+            prestarted = None
+            if isinstance(ran, SagaStatus):
+                return ran  # rolling back, or failed for an operator
+            ctx, output = ran
             if heartbeat.lost.is_set():
                 raise LeaseLostError(f"the lease on saga {saga.id} was lost during {name}")
-            result = {**ctx.notes, **(output or {})}
+            result = {**ctx.notes, **output}
             outputs[name] = {**ctx.recorded, **result}
-            past_pivot |= step.reversibility_for(saga.inputs) is Reversibility.PIVOT
+            past_pivot |= pivot
             last = idx == len(saga.step_names) - 1
             completion = self.ledger.record_step_completed(
                 lease,
@@ -282,9 +302,169 @@ class Runner:
             )
             cancel_requested, prestarted = completion.cancel_requested, completion.next_started
             finished = last
-        if not finished:  # every step was already recorded completed (a resume)
+        if not finished:  # every step was already recorded (a resume), or the last one was skipped
             self.ledger.set_saga_status(lease, SagaStatus.COMPLETED)
         return SagaStatus.COMPLETED
+
+    def _execute_step(
+        self,
+        lease: Lease,
+        saga: SagaRun,
+        idx: int,
+        step: StepDefinition,
+        key: str,
+        outputs: Mapping[str, Mapping[str, Any]],
+        heartbeat: Heartbeat,
+        *,
+        after_pivot: bool,
+        prestarted: StepResult | None,
+    ) -> tuple[StepContext, Mapping[str, Any]] | SagaStatus:
+        """Run one step: once before the pivot (a failure rolls back, a pivot's is settled), or
+        retried forward after it. Returns its context and output, or the saga's new status."""
+        pivot = self._is_pivot(saga, step.name)
+        tries: list[tuple[StepResult, StepContext]] = []
+
+        def attempt() -> tuple[StepContext, Mapping[str, Any]]:
+            started = (
+                prestarted
+                if not tries and prestarted is not None
+                else self.ledger.record_step_started(lease, idx, step.name, key)
+            )
+            ctx = self._context(
+                lease,
+                saga,
+                idx,
+                step,
+                started,
+                outputs,
+                heartbeat,
+                # A pivot, once started, is never interrupted by a cancel: the cancel takes effect
+                # after it. After the pivot nothing is cancellable: the saga finishes forward.
+                cancellable=not (after_pivot or pivot),
+                timeout=self._timeout(saga, step),
+            )
+            tries.append((started, ctx))
+            try:
+                output = self._invoke(step, Phase.EXECUTE, step.execute, ctx)
+            except (LeaseLostError, LedgerError):
+                raise
+            except Exception as exc:
+                error = describe(exc)
+                _log.warning("step %s of saga %s failed (try %d): %s", step.name, saga.id, len(tries), error)
+                self.ledger.record_step_failed(lease, idx, error)
+                raise
+            return ctx, output or {}
+
+        if after_pivot:
+            try:
+                return self._forward_policy(heartbeat).run(attempt)
+            except (LeaseLostError, LedgerError):
+                raise
+            except Exception as exc:
+                return self._fail_forward(lease, step.name, describe(exc))
+        try:
+            return attempt()
+        except (LeaseLostError, LedgerError):
+            raise
+        except IdempotencyConflictError as exc:
+            return self._begin_rollback(lease, describe(exc))
+        except Exception as exc:
+            if pivot and tries:
+                row, ctx = tries[-1]
+                return self._settle_pivot(lease, saga, idx, step, key, outputs, heartbeat, row, ctx, exc)
+            error = describe(exc)
+            if isinstance(exc, StepTimeoutError):
+                # In doubt: its undo (which finds the resource by its key first) settles it.
+                self.ledger.record_step_progress(
+                    lease,
+                    idx,
+                    {
+                        "in_doubt": Lookup(Found.UNKNOWN, "left to its undo, which looks it up first").record(
+                            error
+                        )
+                    },
+                )
+            if not isinstance(exc, StepFailedError | SagaCancelledError):
+                error = f"step {step.name} failed: {error}"
+            return self._begin_rollback(lease, error)
+
+    def _settle_pivot(
+        self,
+        lease: Lease,
+        saga: SagaRun,
+        idx: int,
+        step: StepDefinition,
+        key: str,
+        outputs: Mapping[str, Mapping[str, Any]],
+        heartbeat: Heartbeat,
+        row: StepResult,
+        ctx: StepContext,
+        exc: Exception,
+    ) -> tuple[StepContext, Mapping[str, Any]] | SagaStatus:
+        """A pivot failed, timed out or was refused: the one place that decides what follows."""
+        why = describe(exc)
+        may_have_written = ctx.wrote or row.write_started_at is not None
+        lookup = self._look_up(lease, saga, idx, step, row, outputs, heartbeat) if may_have_written else None
+        if lookup is not None:
+            self.ledger.record_step_progress(lease, idx, {"in_doubt": lookup.record(why)})
+        verdict = settle_pivot(may_have_written=may_have_written, lookup=lookup)
+        if verdict is Verdict.FORWARD:
+            _log.warning(
+                "pivot %s of saga %s happened despite %r (%s): finishing it forward",
+                step.name,
+                saga.id,
+                why,
+                lookup.evidence if lookup else "",
+            )
+            return self._execute_step(
+                lease, saga, idx, step, key, outputs, heartbeat, after_pivot=True, prestarted=None
+            )
+        if verdict is Verdict.ROLL_BACK:
+            found = "nothing was sent" if lookup is None else f"looked up: {lookup.evidence}"
+            return self._begin_rollback(
+                lease, f"step {step.name} failed before its point of no return ({found}): {why}"
+            )
+        evidence = lookup.evidence if lookup is not None else "no lookup"
+        self.ledger.record_step_failed(lease, idx, why)
+        return self._fail_forward(
+            lease,
+            step.name,
+            f"{why}; whether it happened could not be told ({evidence}): check the provider, then"
+            f" `sagas resume {saga.id}` to finish it forward or `sagas resolve {saga.id}`",
+        )
+
+    def _look_up(
+        self,
+        lease: Lease,
+        saga: SagaRun,
+        idx: int,
+        step: StepDefinition,
+        row: StepResult,
+        outputs: Mapping[str, Mapping[str, Any]],
+        heartbeat: Heartbeat,
+    ) -> Lookup:
+        """Ask the provider whether the step's effect happened; a lookup that fails is UNKNOWN."""
+        if step.lookup is None:
+            return Lookup(Found.UNKNOWN, f"step {step.name} has no lookup")
+        fresh = self.ledger.list_step_results(saga.id)
+        current = next((r for r in fresh if r.step_idx == idx), row)
+        ctx = self._context(
+            lease,
+            saga,
+            idx,
+            step,
+            current,
+            outputs,
+            heartbeat,
+            cancellable=False,
+            timeout=LOOKUP_TIMEOUT_SECONDS,
+        )
+        try:
+            return step.lookup(ctx)
+        except (LeaseLostError, LedgerError):
+            raise
+        except Exception as exc:
+            return Lookup(Found.UNKNOWN, f"the lookup failed: {describe(exc)}")
 
     def _next_step(
         self, saga: SagaRun, idx: int, rows: Mapping[int, StepResult], past_pivot: bool
@@ -294,22 +474,32 @@ class Runner:
         if idx >= len(saga.step_names) or idx in rows:
             return None
         step = self.catalog.step(saga.step_names[idx])
+        if not step.applies(saga.inputs):
+            return None  # recorded skipped by the loop
         try:
             key = step.idempotency_key(self._key_scope(saga))
         except Exception:
             return None  # the loop computes it again, and fails there, after this step is recorded
         return NextStep(idx=idx, name=step.name, idempotency_key=key, unless_cancelled=not past_pivot)
 
-    def _forward_backoff(self, attempt: int) -> float:
+    def _forward_policy(self, heartbeat: Heartbeat) -> RetryPolicy:
         settings = self.services.settings
-        return float(min(settings.compensation_backoff_seconds * 2 ** (attempt - 1), 60.0))
+        return RetryPolicy(
+            on=_forward_worth_retrying,
+            attempts=settings.forward_attempts,
+            deadline=None,  # each try has its step's deadline
+            base_delay=settings.compensation_backoff_seconds,
+            max_delay=60.0,
+            sleep=lambda seconds: self._pause(seconds, heartbeat),
+            clock=self.services.monotonic,
+        )
 
     def _fail_forward(self, lease: Lease, name: str, error: str) -> SagaStatus:
-        """Past the pivot, retries ran out: stop in ``failed`` for an operator (`sagas resume`)."""
+        """Past the pivot and still failing: stop in ``failed`` for an operator (`sagas resume`)."""
         self.ledger.set_saga_status(
             lease,
             SagaStatus.FAILED,
-            error=f"step {name} failed after the point of no return (retried forward): {error}",
+            error=f"step {name} failed after the point of no return: {error}"[:4000],
         )
         return SagaStatus.FAILED
 
@@ -319,41 +509,75 @@ class Runner:
 
     # -- backward ----------------------------------------------------------------------------
 
-    def _compensate(self, lease: Lease, saga: SagaRun, heartbeat: _Heartbeat) -> None:
-        """Undo, in reverse, every step that completed and the one that failed or is in doubt."""
+    def _compensate(self, lease: Lease, saga: SagaRun, heartbeat: Heartbeat) -> None:
+        """Undo, in reverse, every step that completed and the one that failed or is in doubt.
+
+        A row already undone (``compensated_at``) is never undone again; a row that never sent a
+        write has nothing to undo and is not sent to the provider; the whole rollback has one
+        deadline (``compensation_deadline_seconds``), each undo one retry policy inside it.
+        """
         rows = {r.step_idx: r for r in self.ledger.list_step_results(saga.id)}
         outputs = {r.step_name: r.output for r in rows.values()}
         settings = self.services.settings
+        clock = self.services.monotonic
+        deadline = clock() + settings.compensation_deadline_seconds
         for idx in sorted(rows, reverse=True):
             row = rows[idx]
-            if row.status in (StepStatus.PENDING, StepStatus.SKIPPED, StepStatus.COMPENSATED):
+            if row.status in (StepStatus.PENDING, StepStatus.SKIPPED) or row.compensated_at is not None:
+                continue
+            # The step that failed keeps saying so once its undo ran (the seed's ledger reads
+            # "fail: failed"); compensated_at records that the undo happened.
+            final = StepStatus.FAILED if row.status is StepStatus.FAILED else StepStatus.COMPENSATED
+            if row.write_started_at is None:
+                self.ledger.record_step_compensated(lease, idx, final)  # nothing was ever sent
                 continue
             step = self.catalog.step(row.step_name)
-            last_error = ""
-            for attempt in range(settings.compensation_attempts):
-                if attempt:
-                    self.services.sleep(min(settings.compensation_backoff_seconds * 2 ** (attempt - 1), 60))
-                self.ledger.record_step_compensating(lease, idx)
-                ctx = self._context(lease, saga, idx, step, row, outputs, heartbeat, cancellable=False)
-                try:
-                    # A 404 on the resource itself is success, and each step says so where it
-                    # knows which 404 that is; a 404 on anything else is a failed undo.
-                    self._invoke(step, Phase.COMPENSATE, step.compensate, ctx)
-                except (LeaseLostError, LedgerError):
-                    raise
-                except Exception as exc:
-                    last_error = describe(exc)
-                    _log.warning(
-                        "compensation of %s (saga %s) failed, attempt %d/%d: %s",
-                        row.step_name,
-                        saga.id,
-                        attempt + 1,
-                        settings.compensation_attempts,
-                        last_error,
+
+            def undo(step: StepDefinition = step, row: StepResult = row, idx: int = idx) -> None:
+                if clock() >= deadline:
+                    raise StepTimeoutError(
+                        f"the rollback ({step.name})", settings.compensation_deadline_seconds
                     )
-                    continue
-                break
-            else:
+                self.ledger.record_step_compensating(lease, idx)
+                ctx = self._context(
+                    lease,
+                    saga,
+                    idx,
+                    step,
+                    row,
+                    outputs,
+                    heartbeat,
+                    cancellable=False,
+                    timeout=max(deadline - clock(), 0.0),
+                )
+                self._invoke(step, Phase.COMPENSATE, step.compensate, ctx)
+
+            def retrying(exc: BaseException, failed: int, delay: float, name: str = row.step_name) -> None:
+                _log.warning(
+                    "compensation of %s (saga %s) failed, try %d: %s; again in %.1fs",
+                    name,
+                    saga.id,
+                    failed,
+                    describe(exc),
+                    delay,
+                )
+
+            policy = RetryPolicy(
+                on=_undo_worth_retrying,
+                attempts=settings.compensation_attempts,
+                deadline=max(deadline - clock(), 0.0),
+                base_delay=settings.compensation_backoff_seconds,
+                max_delay=60.0,
+                sleep=lambda seconds: self._pause(seconds, heartbeat),
+                clock=clock,
+            )
+            try:
+                policy.run(undo, on_retry=retrying)
+            except (LeaseLostError, LedgerError):
+                raise
+            except Exception as exc:
+                last_error = describe(exc)
+                _log.error("compensation of %s (saga %s) gave up: %s", row.step_name, saga.id, last_error)
                 self.ledger.record_step_compensation_failed(lease, idx, last_error)
                 earlier = f"{saga.error}; then " if saga.error else ""
                 self.ledger.set_saga_status(
@@ -364,9 +588,6 @@ class Runner:
                 return
             if heartbeat.lost.is_set():
                 raise LeaseLostError(f"the lease on saga {saga.id} was lost compensating {row.step_name}")
-            # The step that failed keeps saying so once its undo ran (the seed's ledger reads
-            # "fail: failed"); compensated_at records that the undo happened.
-            final = StepStatus.FAILED if row.status is StepStatus.FAILED else StepStatus.COMPENSATED
             self.ledger.record_step_compensated(lease, idx, final)
         self.ledger.set_saga_status(lease, SagaStatus.ROLLED_BACK, keep_error=True)
 
@@ -374,6 +595,25 @@ class Runner:
 
     def _key_scope(self, saga: SagaRun) -> KeyScope:
         return KeyScope(saga_id=saga.id, inputs=saga.inputs, prefix=self.services.settings.name_prefix)
+
+    def _timeout(self, saga: SagaRun, step: StepDefinition) -> float:
+        """The saga's own option, else the settings', else the step's default."""
+        own = saga.options.get("step_timeouts", {}).get(step.name)
+        if own is not None:
+            return float(own)
+        return float(self.services.settings.step_timeouts.get(step.name, step.timeout_seconds))
+
+    def _pause(self, seconds: float, heartbeat: Heartbeat) -> None:
+        """A retry's wait, stopped at once (LeaseLostError) when the lease is lost."""
+        remaining = seconds
+        while remaining > 0:
+            if heartbeat.lost.is_set():
+                raise LeaseLostError("the runner lost its lease while waiting to try again")
+            slice_ = min(remaining, CANCEL_CHECK_SECONDS)
+            self.services.sleep(slice_)
+            remaining -= slice_
+        if heartbeat.lost.is_set():
+            raise LeaseLostError("the runner lost its lease while waiting to try again")
 
     def _context(
         self,
@@ -383,17 +623,26 @@ class Runner:
         step: StepDefinition,
         row: StepResult,
         outputs: Mapping[str, Mapping[str, Any]],
-        heartbeat: _Heartbeat,
+        heartbeat: Heartbeat,
         *,
-        cancellable: bool = True,
+        cancellable: bool,
+        timeout: float | None,
     ) -> StepContext:
-        def record_progress(patch: Mapping[str, Any]) -> None:
-            self.ledger.record_step_progress(lease, idx, patch)
+        def record_progress(patch: Mapping[str, Any], writing: bool) -> None:
+            self.ledger.record_step_progress(lease, idx, patch, writing=writing)
 
         def cancel_requested() -> bool:
             if heartbeat.lost.is_set():  # fencing reaches the provider too: stop at the next poll
                 raise LeaseLostError(f"the lease on saga {saga.id} was lost during {step.name}")
-            return cancellable and self.ledger.is_cancel_requested(saga.id)
+            if not cancellable:
+                return False
+            try:
+                return self.ledger.is_cancel_requested(saga.id)
+            except LedgerUnavailableError as exc:
+                # A blip: the cancel is read again at the next poll; a ledger gone for longer than
+                # the lease stops the runner through the heartbeat, never through a rollback.
+                _log.warning("could not read saga %s's cancel request (%s); going on", saga.id, exc)
+                return False
 
         return StepContext(
             saga_id=saga.id,
@@ -408,4 +657,7 @@ class Runner:
             services=self.services,
             record_progress=record_progress,
             cancel_requested=cancel_requested,
+            deadline=None if timeout is None else self.services.monotonic() + timeout,
+            timeout=timeout,
+            wrote=row.write_started_at is not None,
         )

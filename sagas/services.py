@@ -1,6 +1,8 @@
 """What steps depend on, built once per runner: settings, provider clients, the clock.
 
-Clients are created lazily, one per token purpose, and closed with the services.
+Clients are created lazily, one per token purpose, and closed with the services. ``halt_on``
+gives the clients an event that, once set (the runner lost its lease), stops every further
+provider request at once with LeaseLostError: fencing reaches the provider, not only the ledger.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from sagas.errors import LeaseLostError
 from sagas.settings import Settings, TokenPurpose
 
 if TYPE_CHECKING:
@@ -28,6 +31,19 @@ class Services:
     token_source: Callable[[TokenPurpose], SecretStr | None] | None = None
     _clients: dict[TokenPurpose, DigitalOceanClient] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _halt: threading.Event | None = field(default=None, repr=False)
+
+    def halt_on(self, event: threading.Event | None) -> None:
+        """From now on, no provider request is sent once ``event`` is set (None: never halt)."""
+        self._halt = event
+
+    def _check_halt(self) -> None:
+        halt = self._halt
+        if halt is not None and halt.is_set():
+            raise LeaseLostError(
+                "this runner lost its lease on the saga: it stopped calling the provider"
+                " (another runner, or a resume, finishes the saga)"
+            )
 
     def digitalocean(self, purpose: TokenPurpose = TokenPurpose.PROVISIONING) -> DigitalOceanClient:
         from sagas.digitalocean.client import DEFAULT_RETRY, DigitalOceanClient
@@ -46,7 +62,9 @@ class Services:
                     deadline=s.do_retry_deadline_seconds,
                     sleep=self.sleep,
                 )
-                client = DigitalOceanClient.from_settings(s, purpose, retry=retry)
+                client = DigitalOceanClient.from_settings(
+                    s, purpose, retry=retry, before_send=self._check_halt
+                )
                 self._clients[purpose] = client
             return client
 

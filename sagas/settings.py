@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     do_token_read_block: str | None = Field(
         default=None, description="Name of a Prefect Secret block holding the read token."
     )
+    step_timeouts: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds one attempt of a step may run before it is in doubt, by step name (JSON);"
+        " a saga's own step_timeouts option wins.",
+    )
     compensation_attempts: int = Field(default=5, ge=1)
     forward_attempts: int = Field(default=5, ge=1, description="Tries of a step after the pivot.")
     compensation_backoff_seconds: float = Field(default=2.0, ge=0)

@@ -1,7 +1,10 @@
 """The step contract and the catalog of saga kinds.
 
 A step is ``execute`` and ``compensate`` over a ``StepContext``, a deterministic idempotency key,
-and a declared reversibility. A kind is an ordered list of step names with a version. The
+a declared reversibility, a timeout, and (for a step whose outcome can be in doubt, every pivot)
+a ``lookup`` that asks the provider whether it happened: the runner decides what to do with the
+answer (``sagas.in_doubt``), a step only reports facts. A kind is an ordered list of step names with
+a version. The
 catalog is the only way a name becomes code (DESIGN rule 8): input names a step, the catalog
 looks it up, nothing is ever imported from a string. Steps themselves live in ``tasks/``; the
 catalog that lists them is built there too, so this module stays free of Prefect.
@@ -17,11 +20,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sagas.errors import InputError, SagaCancelledError, UnknownKindError, UnknownStepError
-from sagas.models import NewSaga, Reversibility
+from sagas.errors import InputError, SagaCancelledError, StepTimeoutError, UnknownKindError, UnknownStepError
+from sagas.in_doubt import Lookup
+from sagas.models import NewSaga, Reversibility, SagaOptions
 from sagas.services import Services
 
 CANCEL_CHECK_SECONDS = 5.0  # the longest a cancel waits on a sleeping step
+DEFAULT_STEP_TIMEOUT_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,9 @@ class KeyScope:
 
 @dataclass
 class StepContext:
-    """What a running step sees, and its two ways of talking back: checkpoints and cancel checks."""
+    """What a running step sees, and its ways of talking back: checkpoints, the write marker, and the
+    safe points (``check_cancel``, ``sleep``) where a cancel, a lost lease or the step's deadline
+    stops it."""
 
     saga_id: uuid.UUID
     step_idx: int
@@ -51,8 +58,14 @@ class StepContext:
     started_at: datetime | None
     attempt: int
     services: Services
-    record_progress: Callable[[Mapping[str, Any]], None] = field(repr=False)
+    record_progress: Callable[[Mapping[str, Any], bool], None] = field(repr=False)
     cancel_requested: Callable[[], bool] = field(repr=False)
+    # When this attempt must be over (``services.monotonic`` seconds), or None: past it the step is
+    # in doubt (StepTimeoutError at the next safe point) and the runner looks it up.
+    deadline: float | None = None
+    timeout: float | None = None
+    # Whether the step may have sent a provider write, as the ledger says (this attempt or earlier).
+    wrote: bool = False
 
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -63,12 +76,23 @@ class StepContext:
     def checkpoint(self, **fields: Any) -> None:
         """Write what the step learned (an action id) to the ledger before it goes on."""
         self.recorded.update(fields)
-        self.record_progress(fields)
+        self.record_progress(fields, False)
+
+    def before_write(self, **fields: Any) -> None:
+        """Call before every provider write (POST, DELETE): records, durably and with ``fields``,
+        that from now on a write may have been sent. A row without it proves nothing was sent: its
+        undo is skipped, and a pivot without it has not passed the point of no return."""
+        self.recorded.update(fields)
+        self.record_progress(fields, True)
+        self.wrote = True
 
     def check_cancel(self) -> None:
-        """A safe point: raise SagaCancelledError if a cancel was requested."""
+        """A safe point: raise SagaCancelledError if a cancel was requested (LeaseLostError if the
+        runner lost its lease, StepTimeoutError past the step's deadline)."""
         if self.cancel_requested():
             raise SagaCancelledError(f"saga {self.saga_id} was cancelled during {self.step_name}")
+        if self.deadline is not None and self.services.monotonic() > self.deadline:
+            raise StepTimeoutError(self.step_name, self.timeout or 0.0)
 
     def sleep(self, seconds: float) -> None:
         """Wait, checking for a cancel at least every few seconds of a long wait."""
@@ -97,6 +121,14 @@ class StepDefinition:
     inputs_model: type[BaseModel] | None = None
     summary: str = ""
     compensation_summary: str = ""
+    # How long one attempt may run before it is in doubt (a saga's options or the settings may
+    # override it per step name).
+    timeout_seconds: float = DEFAULT_STEP_TIMEOUT_SECONDS
+    # Asks the provider whether the step's effect happened (facts only; the runner decides).
+    lookup: Callable[[StepContext], Lookup] | None = None
+    # Whether the step has anything to do for these inputs (DNS without a domain: recorded skipped).
+    applies: Callable[[Mapping[str, Any]], bool] = lambda inputs: True
+    skipped_because: str = ""
 
     def reversibility_for(self, inputs: Mapping[str, Any]) -> Reversibility:
         if isinstance(self.reversibility, Reversibility):
@@ -158,6 +190,7 @@ class Catalog:
         saga_id: uuid.UUID | None = None,
         triggered_by: str = "manual",
         deployment_id: str | None = None,
+        options: SagaOptions | Mapping[str, Any] | None = None,
     ) -> NewSaga:
         """Validate a request completely, before anything is written; raise InputError if bad."""
         kind = self.kind(kind_name)
@@ -180,6 +213,13 @@ class Catalog:
                 _validate(definition.inputs_model, validated, f"inputs for step {definition.name}")
         if not triggered_by or len(triggered_by) > 200:
             raise InputError("triggered_by must be 1-200 characters")
+        raw_options = options.model_dump() if isinstance(options, SagaOptions) else dict(options or {})
+        checked = {k: v for k, v in _validate(SagaOptions, raw_options, "saga options").items() if v}
+        unknown = set(checked.get("step_timeouts", {})) - set(step_names)
+        if unknown:
+            raise InputError(
+                f"step_timeouts names steps this saga does not run: {', '.join(sorted(unknown))}"
+            )
         return NewSaga(
             id=saga_id or uuid.uuid4(),
             kind=kind.name,
@@ -189,6 +229,7 @@ class Catalog:
             deployment_id=deployment_id,
             triggered_by=triggered_by,
             resource=kind.resource(validated),
+            options=checked,
         )
 
 

@@ -84,9 +84,9 @@ def start_droplet_action(
                 known = [
                     a.id for a in do.list_droplet_actions(droplet_id, max_pages=1) if a.type == request.type
                 ]
-                ctx.checkpoint(**{f"{slot}_known": known, f"{slot}_posting": True})
+                ctx.before_write(**{f"{slot}_known": known, f"{slot}_posting": True})
             else:
-                ctx.checkpoint(**{f"{slot}_posting": True})
+                ctx.before_write(**{f"{slot}_posting": True})
             try:
                 action = do.post_droplet_action(droplet_id, request)
             except PendingEventError:

@@ -83,7 +83,7 @@ def create_dns_record(ctx: StepContext) -> Mapping[str, Any]:
         if mine:  # made before a crash, or by an unanswered POST
             record = mine[0]
             break
-        ctx.checkpoint(posting=True, data=address)
+        ctx.before_write(posting=True, data=address)
         try:
             record = do.create_domain_record(
                 inputs.domain,
@@ -125,7 +125,8 @@ def delete_dns_record(ctx: StepContext) -> Mapping[str, Any]:
     removed += [
         {"name": r.name, "data": r.data, "ttl": r.ttl} for r in current if (r.name, r.data) not in known
     ]
-    ctx.checkpoint(removed=removed)
+    if current:
+        ctx.before_write(removed=removed)
     for record in current:
         with contextlib.suppress(ProviderNotFoundError):
             do.delete_domain_record(inputs.domain, record.id)
@@ -148,6 +149,10 @@ def restore_dns_records(ctx: StepContext) -> None:
             )
 
 
+def _has_domain(inputs: Mapping[str, Any]) -> bool:
+    return inputs.get("domain") is not None
+
+
 CREATE_DNS_RECORD = StepDefinition(
     name="create_dns_record",
     execute=create_dns_record,
@@ -156,6 +161,9 @@ CREATE_DNS_RECORD = StepDefinition(
     inputs_model=DnsInputs,
     summary="create the A record <hostname>.<domain> -> the droplet's address (skipped without a domain)",
     compensation_summary="delete that record (found by name and address; 404 counts as done)",
+    timeout_seconds=600.0,
+    applies=_has_domain,
+    skipped_because="no domain and hostname given",
 )
 DELETE_DNS_RECORD = StepDefinition(
     name="delete_dns_record",
@@ -165,4 +173,7 @@ DELETE_DNS_RECORD = StepDefinition(
     inputs_model=DnsInputs,
     summary="delete the hostname's A records, recording each first (skipped without a domain)",
     compensation_summary="recreate the recorded records that are missing",
+    timeout_seconds=600.0,
+    applies=_has_domain,
+    skipped_because="no domain and hostname given",
 )

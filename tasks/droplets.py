@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sagas.digitalocean.client import DigitalOceanClient
 from sagas.digitalocean.models import (
+    Action,
     Droplet,
     DropletCreateRequest,
     PowerOffActionRequest,
@@ -32,9 +33,10 @@ from sagas.errors import (
     ProviderRejectedError,
     ProviderResponseError,
 )
+from sagas.in_doubt import Found, Lookup
 from sagas.models import Reversibility
 from sagas.steps import KeyScope, StepContext, StepDefinition
-from tasks.actions import perform_droplet_action
+from tasks.actions import find_our_action, perform_droplet_action
 from tasks.waiting import wait_until
 
 DROPLET_NAME = r"^[a-zA-Z0-9]([a-zA-Z0-9.\-]{0,253}[a-zA-Z0-9])?$"
@@ -160,7 +162,7 @@ def _post_droplet(ctx: StepContext, do: DigitalOceanClient, inputs: CreateDrople
         name=inputs.name, region=inputs.region, size=inputs.size, image=inputs.image, tags=[tag]
     )
     for _ in range(3):
-        ctx.checkpoint(posting=True)
+        ctx.before_write(posting=True)
         try:
             return do.create_droplet(request).id
         except (AmbiguousWriteError, ProviderResponseError):
@@ -325,7 +327,7 @@ def restore(ctx: StepContext) -> Mapping[str, Any]:
 def delete_droplet(ctx: StepContext) -> Mapping[str, Any]:
     droplet_id = droplet_id_of(ctx)
     do = ctx.services.digitalocean()
-    ctx.checkpoint(deleting=True)
+    ctx.before_write(deleting=True)
     for _ in range(3):
         try:
             do.delete_droplet(droplet_id)  # DELETE is idempotent: repeating it is safe
@@ -341,6 +343,63 @@ def delete_droplet(ctx: StepContext) -> Mapping[str, Any]:
 
 def no_undo(ctx: StepContext) -> None:
     """A pivot has no undo: it only runs this when it failed, and then nothing happened."""
+
+
+# -- lookups: did a pivot in doubt happen? (facts only; the runner decides, sagas.in_doubt) -----
+
+
+def _our_action(
+    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, kind: str, slot: str
+) -> Action | None:
+    """The step's action: recorded, or (after an unanswered POST) found among the droplet's new
+    actions, looking twice a poll apart in case a late POST is still landing."""
+    action_id: int | None = ctx.recorded.get(f"{slot}_id")
+    if action_id is None and ctx.recorded.get(f"{slot}_posting"):
+        action_id = find_our_action(ctx, do, droplet_id, kind, slot=slot)
+        if action_id is None:
+            ctx.sleep(ctx.services.settings.poll_max_seconds)
+            action_id = find_our_action(ctx, do, droplet_id, kind, slot=slot)
+    return None if action_id is None else do.get_action(action_id)
+
+
+def _action_lookup(ctx: StepContext, droplet_id: int, kind: str, slot: str) -> Lookup:
+    do = ctx.services.digitalocean()
+    action = _our_action(ctx, do, droplet_id, kind, slot)
+    if action is None:
+        if ctx.recorded.get(f"{slot}_posting"):
+            return Lookup(
+                Found.NOT_HAPPENED, f"no {kind} action of ours among droplet {droplet_id}'s actions"
+            )
+        return Lookup(Found.NOT_HAPPENED, f"the {kind} was refused or never posted: no action exists")
+    if action.status == "errored":
+        return Lookup(Found.UNKNOWN, f"{kind} action {action.id} errored: the droplet may be half changed")
+    return Lookup(Found.HAPPENED, f"{kind} action {action.id} is {action.status}")
+
+
+def restore_lookup(ctx: StepContext) -> Lookup:
+    return _action_lookup(ctx, RestoreInputs.model_validate(ctx.inputs).droplet_id, "restore", "restore")
+
+
+def resize_lookup(ctx: StepContext) -> Lookup:
+    inputs = ResizeInputs.model_validate(ctx.inputs)
+    droplet = _droplet_or_none(ctx.services.digitalocean(), inputs.droplet_id)
+    if droplet is not None and droplet.size_slug == inputs.size:
+        return Lookup(Found.HAPPENED, f"droplet {inputs.droplet_id} is {inputs.size}")
+    return _action_lookup(ctx, inputs.droplet_id, "resize", "resize")
+
+
+def delete_lookup(ctx: StepContext) -> Lookup:
+    droplet_id = droplet_id_of(ctx)
+    do = ctx.services.digitalocean()
+    if _droplet_or_none(do, droplet_id) is None:
+        return Lookup(Found.HAPPENED, f"GET /v2/droplets/{droplet_id} is 404: the droplet is gone")
+    destroys = [a for a in do.list_droplet_actions(droplet_id, max_pages=1) if a.type == "destroy"]
+    if destroys:
+        return Lookup(Found.HAPPENED, f"droplet {droplet_id} is being destroyed (action {destroys[0].id})")
+    ctx.sleep(ctx.services.settings.poll_max_seconds)  # a late DELETE may still be landing
+    if _droplet_or_none(do, droplet_id) is None:
+        return Lookup(Found.HAPPENED, f"droplet {droplet_id} is gone")
+    return Lookup(Found.NOT_HAPPENED, f"droplet {droplet_id} still exists and nothing destroys it")
 
 
 def _key(action: str) -> Any:
@@ -385,6 +444,7 @@ RESIZE = StepDefinition(
     inputs_model=ResizeInputs,
     summary="resize to the new size (the droplet must be off)",
     compensation_summary="resize back to the recorded size (a disk resize is a pivot: no undo)",
+    lookup=resize_lookup,
 )
 RESTORE = StepDefinition(
     name="restore_droplet",
@@ -395,6 +455,7 @@ RESTORE = StepDefinition(
     inputs_model=RestoreInputs,
     summary="restore the droplet from the snapshot (point of no return)",
     compensation_summary="none: a pivot; the saga goes forward after it",
+    lookup=restore_lookup,
 )
 DELETE_DROPLET = StepDefinition(
     name="delete_droplet",
@@ -405,4 +466,5 @@ DELETE_DROPLET = StepDefinition(
     inputs_model=DropletInputs,
     summary="delete the droplet and wait until it is gone (point of no return)",
     compensation_summary="none: a pivot",
+    lookup=delete_lookup,
 )

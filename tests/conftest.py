@@ -169,3 +169,11 @@ def run_saga(
         return Runner(ledger, catalog(), services).advance(saga.id)
     finally:
         services.close()
+
+
+@pytest.fixture
+def recorder() -> Any:
+    """Steps that record what the runner asks of them (tests/support/recorder.py)."""
+    from tests.support.recorder import Recorder
+
+    return Recorder()

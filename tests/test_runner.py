@@ -4,105 +4,30 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Mapping
-from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
 from sagas.errors import (
     DefinitionMismatchError,
     LeaseLostError,
-    ProviderNotFoundError,
     SagaBusyError,
     UnknownStepError,
 )
 from sagas.ledger.store import Ledger
-from sagas.models import Reversibility, SagaStatus, StepStatus
-from sagas.runner import Mode, Runner
-from sagas.services import Services
+from sagas.models import SagaStatus, StepStatus
+from sagas.runner import Mode
 from sagas.settings import Settings
 from sagas.steps import Catalog, KindDefinition, StepContext, StepDefinition
-
-
-class AnyInputs(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class Crash(BaseException):
-    """Stands for a process dying mid-step: not an Exception, so nothing handles it."""
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.fail_execute: set[str] = set()
-        self.fail_execute_times: dict[str, int] = {}
-        self.crash_execute: set[str] = set()
-        self.fail_compensate: dict[str, int] = {}
-        self.not_found_compensate: set[str] = set()
-        self.during: dict[str, Any] = {}
-
-    def step(self, name: str, reversibility: Reversibility = Reversibility.COMPENSATABLE) -> StepDefinition:
-        def execute(ctx: StepContext) -> Mapping[str, Any]:
-            self.calls.append(f"execute:{name}")
-            if name in self.during:
-                self.during[name](ctx)
-            if name in self.crash_execute:
-                self.crash_execute.discard(name)
-                raise Crash(name)
-            if name in self.fail_execute:
-                raise RuntimeError(f"{name} broke")
-            if self.fail_execute_times.get(name, 0) > 0:
-                self.fail_execute_times[name] -= 1
-                raise RuntimeError(f"{name} broke for now")
-            return {"made": f"{name}-{ctx.idempotency_key}"}
-
-        def compensate(ctx: StepContext) -> None:
-            self.calls.append(f"compensate:{name}")
-            if name in self.not_found_compensate:
-                raise ProviderNotFoundError("already gone", status_code=404)
-            left = self.fail_compensate.get(name, 0)
-            if left:
-                self.fail_compensate[name] = left - 1
-                raise RuntimeError(f"undo of {name} broke")
-
-        return StepDefinition(
-            name=name,
-            execute=execute,
-            compensate=compensate,
-            idempotency_key=lambda scope, name=name: f"{scope.prefix}-{name}-{scope.saga_id.hex}",
-            reversibility=reversibility,
-        )
-
-
-@pytest.fixture
-def recorder() -> Recorder:
-    return Recorder()
-
-
-def make_catalog(recorder: Recorder, steps: tuple[str, ...] = ("a", "b", "c"), version: str = "1") -> Catalog:
-    return Catalog(
-        steps=[*(recorder.step(n) for n in ("a", "b", "c", "d")), recorder.step("p", Reversibility.PIVOT)],
-        kinds=[
-            KindDefinition(name="chain", version=version, inputs_model=AnyInputs, steps=steps),
-            KindDefinition(name="pivoting", version="1", inputs_model=AnyInputs, steps=("a", "p", "c")),
-        ],
-    )
-
-
-def make_runner(ledger: Ledger, settings: Settings, catalog: Catalog) -> Runner:
-    return Runner(ledger, catalog, Services(settings, sleep=lambda s: None))
-
-
-def new_saga(ledger: Ledger, catalog: Catalog) -> uuid.UUID:
-    saga, _ = ledger.create_saga(catalog.new_saga("chain", {"x": 1}))
-    return saga.id
-
-
-def step_statuses(ledger: Ledger, saga_id: uuid.UUID) -> dict[str, str]:
-    return {s.step_name: s.status.value for s in ledger.list_step_results(saga_id)}
+from tests.support.recorder import (
+    AnyInputs,
+    Crash,
+    Recorder,
+    make_catalog,
+    make_runner,
+    new_saga,
+    step_statuses,
+)
 
 
 def test_completes_and_records_outputs(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
@@ -374,15 +299,6 @@ def test_after_the_pivot_retries_end_in_failed_then_resume_finishes(
     saga = make_runner(ledger, settings, catalog).advance(saga_id)
     assert saga.status is SagaStatus.COMPLETED
     assert recorder.calls.count("execute:p") == 1  # the pivot is never redone
-
-
-def test_a_failing_pivot_rolls_back(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
-    recorder.fail_execute.add("p")
-    catalog = make_catalog(recorder)
-    saga_id = _pivoting(ledger, catalog)
-    saga = make_runner(ledger, settings, catalog).advance(saga_id)
-    assert saga.status is SagaStatus.ROLLED_BACK
-    assert recorder.calls[-2:] == ["compensate:p", "compensate:a"]
 
 
 def test_cancel_after_the_pivot_is_not_a_rollback(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Literal, Self, TypeVar, get_args, overload
@@ -113,6 +113,7 @@ class DigitalOceanClient:
         budget: RateBudget | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         max_rate_limit_wait: float = MAX_RATE_LIMIT_WAIT,
+        before_send: Callable[[], None] | None = None,
     ) -> None:
         if not token.get_secret_value():
             raise ConfigurationError("an empty DigitalOcean token was given: set SAGAS_DO_TOKEN")
@@ -128,6 +129,9 @@ class DigitalOceanClient:
             on=lambda exc: isinstance(exc, ProviderUnavailableError) and retry.retries(exc)
         )
         self._max_rate_limit_wait = max_rate_limit_wait
+        # Called before every request; it may raise to stop the request (a runner that lost its
+        # lease must not call the provider again).
+        self._before_send = before_send
         self._owns_http = False
 
     @classmethod
@@ -139,6 +143,7 @@ class DigitalOceanClient:
         transport: httpx.BaseTransport | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         max_rate_limit_wait: float = MAX_RATE_LIMIT_WAIT,
+        before_send: Callable[[], None] | None = None,
     ) -> DigitalOceanClient:
         """A client for ``purpose``'s token that owns its httpx client and shares the token's budget."""
         token = settings.do_token_for(purpose)
@@ -156,7 +161,14 @@ class DigitalOceanClient:
             scale=settings.do_rate_window_scale,
         )
         try:
-            client = cls(http, token, budget=budget, retry=retry, max_rate_limit_wait=max_rate_limit_wait)
+            client = cls(
+                http,
+                token,
+                budget=budget,
+                retry=retry,
+                max_rate_limit_wait=max_rate_limit_wait,
+                before_send=before_send,
+            )
         except BaseException:
             http.close()
             raise
@@ -389,6 +401,8 @@ class DigitalOceanClient:
             nonlocal tries, rate_limit_waited
             tries += 1
             while True:
+                if self._before_send is not None:
+                    self._before_send()
                 if self._budget is not None:
                     self._budget.acquire()
                 request = self._build(where, method, path, params, payload)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import select
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -23,7 +23,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
 from sagas.errors import ConfigurationError, LedgerError, LedgerUnavailableError
+from sagas.retry import RetryPolicy
 from sagas.settings import Settings
+
+T = TypeVar("T")
 
 _MIGRATION_LOCK_KEY = 0x5A6A5  # pg_advisory_lock key held while migrating
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -139,6 +142,24 @@ def autocommit_cursor(engine: Engine) -> Iterator[psycopg.Cursor[dict[str, Any]]
         if not healthy:
             pooled.invalidate()
         pooled.close()
+
+
+# Reads outside a runner's lease wait this long for the ledger to come back (a failover, a restart).
+READ_RECOVERY_SECONDS = 5.0
+
+
+def while_ledger_recovers(fn: Callable[[], T], *, deadline: float) -> T:
+    """``fn()``, tried again while the ledger is unreachable (a reset connection, a failover, a
+    restart), for at most ``deadline`` seconds; then its LedgerUnavailableError. Any other ledger
+    error (a constraint, a bad statement) is raised at once: trying again would not change it."""
+    policy = RetryPolicy(
+        on=LedgerUnavailableError,
+        attempts=1_000,  # the deadline is the bound
+        deadline=deadline,
+        base_delay=0.05,
+        max_delay=1.0,
+    )
+    return policy.run(fn)
 
 
 @contextmanager

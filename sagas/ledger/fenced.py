@@ -30,7 +30,7 @@ from sagas.errors import (
     SagaBusyError,
     SagaNotFoundError,
 )
-from sagas.ledger.database import autocommit_cursor, translate_db_errors
+from sagas.ledger.database import autocommit_cursor, translate_db_errors, while_ledger_recovers
 from sagas.ledger.rows import saga_from_row, step_from_row
 from sagas.ledger.tables import saga_step_results
 from sagas.models import (
@@ -56,12 +56,18 @@ class FencedWrites:
     def claim_saga(self, saga_id: uuid.UUID, lease_seconds: float) -> tuple[Lease, SagaRun]:
         """Take the saga for this runner and read it in the same statement, or raise SagaBusyError."""
         owner = uuid.uuid4()
-        with translate_db_errors("claim a saga"), autocommit_cursor(self._engine) as cursor:
-            row = cursor.execute(
-                _CLAIM, {"saga_id": saga_id, "owner": owner, "secs": lease_seconds}
-            ).fetchone()
-            if row is None:
-                held = cursor.execute(_LEASE_LEFT, {"saga_id": saga_id}).fetchone()
+
+        def claim() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+            with translate_db_errors("claim a saga"), autocommit_cursor(self._engine) as cursor:
+                row = cursor.execute(
+                    _CLAIM, {"saga_id": saga_id, "owner": owner, "secs": lease_seconds}
+                ).fetchone()
+                held = (
+                    None if row is not None else cursor.execute(_LEASE_LEFT, {"saga_id": saga_id}).fetchone()
+                )
+            return row, held
+
+        row, held = while_ledger_recovers(claim, deadline=lease_seconds / 3)
         if row is None:
             if held is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id}: check the id with `sagas list`")
@@ -107,8 +113,16 @@ class FencedWrites:
         writes are the ledger's hot path, a few per step). Returns the statement's row; raises
         LeaseLostError when there is none.
         """
-        with translate_db_errors(doing), autocommit_cursor(self._engine) as cursor:
-            row = cursor.execute(statement, {**_lease_params(lease), **params}).fetchone()
+
+        def write() -> dict[str, Any] | None:
+            with translate_db_errors(doing), autocommit_cursor(self._engine) as cursor:
+                return cursor.execute(statement, {**_lease_params(lease), **params}).fetchone()
+
+        # A connection lost mid-write (a reset, a failover, a restart) is tried again while the lease
+        # can still be ours; if it committed before the answer was lost, the same write again is
+        # harmless (each statement is fenced and converges). Lasting longer, LedgerUnavailableError
+        # stops the runner and leaves the saga as it is, for a resume: never a rollback.
+        row = while_ledger_recovers(write, deadline=lease.seconds / 3)
         if row is None:
             raise _lease_lost(lease)
         return row
@@ -167,9 +181,35 @@ class FencedWrites:
             holder: uuid.UUID | None = conn.execute(query).scalar_one_or_none()
         return holder
 
-    def record_step_progress(self, lease: Lease, idx: int, patch: Mapping[str, Any]) -> None:
-        """Merge what a step learned mid-way (an action id) into its output, before going on."""
-        self._update_step(lease, idx, f"record step {idx} progress", _STEP_PROGRESS, patch=Jsonb(dict(patch)))
+    def record_step_progress(
+        self, lease: Lease, idx: int, patch: Mapping[str, Any], *, writing: bool = False
+    ) -> None:
+        """Merge what a step learned mid-way (an action id) into its output, before going on; with
+        ``writing``, also record that a provider write may be sent from now on (once: the first)."""
+        self._update_step(
+            lease,
+            idx,
+            f"record step {idx} progress",
+            _STEP_PROGRESS,
+            patch=Jsonb(dict(patch)),
+            writing=writing,
+        )
+
+    def record_step_skipped(self, lease: Lease, idx: int, name: str, idempotency_key: str, why: str) -> None:
+        """Record a step that has nothing to do for the saga's inputs: ``skipped``, never run."""
+        row = self._fenced_write(
+            lease,
+            f"record step {name} skipped",
+            _STEP_SKIPPED,
+            idx=idx,
+            name=name,
+            key=idempotency_key,
+            output=Jsonb({"skipped": why}),
+        )
+        if row["id"] is None:
+            raise DefinitionMismatchError(
+                f"saga {lease.saga_id} step {idx} was recorded under another name or key than {name}"
+            )
 
     def record_step_completed(
         self,
@@ -255,7 +295,9 @@ _IDEMPOTENCY_INDEX = "saga_step_results_idempotency_key_uq"
 _CLAIM = (
     "UPDATE saga_runs SET lease_owner = %(owner)s, lease_epoch = lease_epoch + 1,"
     " lease_expires_at = now() + make_interval(secs => %(secs)s)"
-    " WHERE id = %(saga_id)s AND (lease_owner IS NULL OR lease_expires_at <= now())"
+    " WHERE id = %(saga_id)s"
+    # Our own owner id too: a claim whose commit's answer was lost is simply claimed again.
+    " AND (lease_owner IS NULL OR lease_expires_at <= now() OR lease_owner = %(owner)s)"
     " RETURNING *"
 )
 _LEASE_LEFT = "SELECT extract(epoch FROM lease_expires_at - now()) AS seconds_left FROM saga_runs WHERE id = %(saga_id)s"
@@ -306,7 +348,21 @@ _STEP_STARTED = (
     " RETURNING saga_step_results.*)"
     " SELECT fence.cancel_requested AS fence_cancel_requested, step.* FROM fence LEFT JOIN step ON true"
 )
-_STEP_PROGRESS = _step_update("output = output || %(patch)s")
+_STEP_PROGRESS = _step_update(
+    "output = output || %(patch)s, write_started_at = CASE WHEN %(writing)s"
+    " THEN coalesce(write_started_at, now()) ELSE write_started_at END"
+)
+_STEP_SKIPPED = (
+    f"WITH fence AS ({_fence()}),"
+    " step AS (INSERT INTO saga_step_results"
+    " (saga_id, step_idx, step_name, status, idempotency_key, output, attempts, started_at, completed_at)"
+    " SELECT fence.id, %(idx)s, %(name)s, 'skipped', %(key)s, %(output)s, 0, now(), now() FROM fence"
+    " ON CONFLICT ON CONSTRAINT saga_step_results_saga_step_key DO UPDATE SET status = 'skipped',"
+    " output = saga_step_results.output || %(output)s, completed_at = now(), updated_at = now()"
+    " WHERE saga_step_results.step_name = %(name)s AND saga_step_results.idempotency_key = %(key)s"
+    " RETURNING saga_step_results.*)"
+    " SELECT fence.cancel_requested AS fence_cancel_requested, step.* FROM fence LEFT JOIN step ON true"
+)
 # Completing a step: the saga's context gets the step's merged output (both read the step row as it
 # was before this statement, so they agree) and, when asked, the next step is recorded started in
 # the same commit unless a cancel is requested.

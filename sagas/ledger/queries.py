@@ -8,9 +8,11 @@ decided: a cancel is a request the runner reads at its next safe point.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from typing import TypeVar
 
 from sqlalchemy import (
+    Connection,
     Engine,
     func,
     or_,
@@ -24,7 +26,7 @@ from sagas.errors import (
     ResourceBusyError,
     SagaNotFoundError,
 )
-from sagas.ledger.database import translate_db_errors
+from sagas.ledger.database import READ_RECOVERY_SECONDS, translate_db_errors, while_ledger_recovers
 from sagas.ledger.rows import saga_from_row, step_from_row
 from sagas.ledger.tables import saga_resource_locks, saga_runs, saga_step_results
 from sagas.models import (
@@ -35,25 +37,36 @@ from sagas.models import (
     StepResult,
 )
 
+T = TypeVar("T")
 _RECOVERABLE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
 
 class SagaRecords:
     _engine: Engine
 
+    def _read(self, doing: str, query: Callable[[Connection], T]) -> T:
+        """Run a read, waiting a few seconds for the ledger if it is briefly unreachable."""
+
+        def once() -> T:
+            with translate_db_errors(doing), self._engine.connect() as conn:
+                return query(conn)
+
+        return while_ledger_recovers(once, deadline=READ_RECOVERY_SECONDS)
+
     # -- reading -----------------------------------------------------------------------------
 
     def get_saga(self, saga_id: uuid.UUID) -> SagaRun:
-        with translate_db_errors("read a saga"), self._engine.connect() as conn:
-            row = conn.execute(select(saga_runs).where(saga_runs.c.id == saga_id)).one_or_none()
+        row = self._read(
+            "read a saga",
+            lambda c: c.execute(select(saga_runs).where(saga_runs.c.id == saga_id)).one_or_none(),
+        )
         if row is None:
             raise SagaNotFoundError(f"no saga with id {saga_id}: check the id with `sagas list`")
         return saga_from_row(row)
 
     def find_saga_by_flow_run(self, flow_run_id: uuid.UUID) -> SagaRun | None:
         query = select(saga_runs).where(saga_runs.c.flow_run_id == flow_run_id)
-        with translate_db_errors("find a flow run's saga"), self._engine.connect() as conn:
-            row = conn.execute(query).first()
+        row = self._read("find a flow run's saga", lambda c: c.execute(query).first())
         return None if row is None else saga_from_row(row)
 
     def list_sagas(
@@ -73,8 +86,7 @@ class SagaRecords:
             query = query.where(saga_runs.c.deployment_id == deployment_id)
         if limit is not None:
             query = query.limit(limit)
-        with translate_db_errors("list sagas"), self._engine.connect() as conn:
-            return [saga_from_row(row) for row in conn.execute(query)]
+        return self._read("list sagas", lambda c: [saga_from_row(row) for row in c.execute(query)])
 
     def list_step_results(self, saga_id: uuid.UUID) -> list[StepResult]:
         query = (
@@ -82,15 +94,11 @@ class SagaRecords:
             .where(saga_step_results.c.saga_id == saga_id)
             .order_by(saga_step_results.c.step_idx)
         )
-        with translate_db_errors("list step results"), self._engine.connect() as conn:
-            return [step_from_row(row) for row in conn.execute(query)]
+        return self._read("list step results", lambda c: [step_from_row(row) for row in c.execute(query)])
 
     def is_cancel_requested(self, saga_id: uuid.UUID) -> bool:
-        with translate_db_errors("read a cancel request"), self._engine.connect() as conn:
-            value = conn.execute(
-                select(saga_runs.c.cancel_requested).where(saga_runs.c.id == saga_id)
-            ).scalar_one_or_none()
-        return bool(value)
+        query = select(saga_runs.c.cancel_requested).where(saga_runs.c.id == saga_id)
+        return bool(self._read("read a cancel request", lambda c: c.execute(query).scalar_one_or_none()))
 
     def list_recoverable(self, *, pending_grace_seconds: float, limit: int = 100) -> list[uuid.UUID]:
         """Unfinished sagas that no live runner holds: what the recovery sweep picks up.
@@ -135,6 +143,7 @@ class SagaRecords:
                 resource=new.resource,
                 triggered_by=new.triggered_by,
                 flow_run_id=new.flow_run_id,
+                options=new.options,
             )
             .on_conflict_do_nothing(index_elements=[saga_runs.c.id])
             .returning(saga_runs)
@@ -158,7 +167,12 @@ class SagaRecords:
         if row is not None:
             return saga_from_row(row), True
         existing = self.get_saga(new.id)
-        if (existing.kind, existing.step_names, existing.inputs) != (new.kind, new.step_names, new.inputs):
+        if (existing.kind, existing.step_names, existing.inputs, existing.options) != (
+            new.kind,
+            new.step_names,
+            new.inputs,
+            new.options,
+        ):
             raise InputError(
                 f"saga id {new.id} is already used by a {existing.kind} saga with other inputs:"
                 " use a new id, or omit it"

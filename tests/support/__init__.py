@@ -1,0 +1,1 @@
+"""What several test modules share: recording steps, the OpenAPI spec adapter, fake servers."""
