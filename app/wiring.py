@@ -19,10 +19,11 @@ from pydantic import SecretStr
 
 from sagas.context import Launcher, Provisioning
 from sagas.errors import ConfigurationError
+from sagas.invocation import Invoke, invoke_directly
 from sagas.ledger.database import engine_for
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun
-from sagas.runner import Invoke, Runner, invoke_directly
+from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings, TokenPurpose, check_token, load_settings
 from sagas.steps import Catalog

@@ -22,20 +22,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from sagas.compensation import compensate
 from sagas.errors import (
-    ConfigurationError,
     DefinitionMismatchError,
     IdempotencyConflictError,
-    InputError,
     LeaseLostError,
     LedgerError,
-    LedgerUnavailableError,
-    ProviderUnavailableError,
-    RateLimitedError,
     SagaCancelledError,
     SagaError,
     StepFailedError,
@@ -43,22 +39,19 @@ from sagas.errors import (
     UnknownStepError,
 )
 from sagas.heartbeat import Heartbeat
+from sagas.hold import SagaHold
 from sagas.in_doubt import Found, Lookup, Verdict, proved_not_happened, settle_pivot
+from sagas.invocation import NOT_RETRIED, Invoke, Phase, describe, invoke_directly
 from sagas.ledger.store import Ledger
 from sagas.models import Lease, NextStep, Reversibility, SagaRun, SagaStatus, StepResult, StepStatus
 from sagas.retry import RetryPolicy
 from sagas.services import Services
-from sagas.steps import CANCEL_CHECK_SECONDS, Catalog, KeyScope, StepContext, StepDefinition
+from sagas.steps import Catalog, StepContext, StepDefinition
 
 _log = logging.getLogger("sagas.runner")
 T = TypeVar("T")
 
 LOOKUP_TIMEOUT_SECONDS = 300.0  # how long asking the provider about a step in doubt may take
-
-
-class Phase(StrEnum):
-    EXECUTE = "execute"
-    COMPENSATE = "compensate"
 
 
 class Mode(StrEnum):
@@ -67,45 +60,9 @@ class Mode(StrEnum):
     FULL = "full"  # whatever the ledger says is next, to the end (resume, recovery)
 
 
-Invoke = Callable[[StepDefinition, Phase, Callable[[StepContext], T], StepContext], T]
-
-
-def invoke_directly(
-    step: StepDefinition, phase: Phase, fn: Callable[[StepContext], T], ctx: StepContext
-) -> T:
-    return fn(ctx)
-
-
-def describe(exc: BaseException) -> str:
-    """An error's text for the ledger: type and message, bounded. Never a traceback with locals."""
-    text = str(exc) or type(exc).__name__
-    if not isinstance(exc, SagaError):
-        text = f"{type(exc).__name__}: {text}"
-    return text[:2000]
-
-
-# Errors a loop of the runner never retries: its own infrastructure (the runner stops), a request
-# that is wrong as sent, or what the provider client has already retried (one retry layer per
-# call path), or a deadline that has passed.
-_NOT_RETRIED = (
-    LeaseLostError,
-    LedgerError,
-    ConfigurationError,
-    InputError,
-    ProviderUnavailableError,
-    RateLimitedError,
-    IdempotencyConflictError,
-    DefinitionMismatchError,
-)
-
-
-def _undo_worth_retrying(exc: BaseException) -> bool:
-    return not isinstance(exc, (*_NOT_RETRIED, StepTimeoutError))
-
-
 def _forward_worth_retrying(exc: BaseException) -> bool:
     # After the pivot a step must eventually succeed: a timeout is one more failure to retry.
-    return not isinstance(exc, _NOT_RETRIED)
+    return not isinstance(exc, NOT_RETRIED)
 
 
 class Runner:
@@ -134,7 +91,7 @@ class Runner:
         self.services.halt_on(heartbeat.lost)
         try:
             with heartbeat:
-                self._advance(lease, saga, mode, reason, heartbeat)
+                self._advance(SagaHold(self.ledger, self.services, lease, heartbeat), saga, mode, reason)
         except LeaseLostError:
             _log.error("lost the lease on saga %s; stopped without writing more", saga_id)
             raise
@@ -155,9 +112,8 @@ class Runner:
                 "could not release saga %s (it frees itself at lease expiry): %s", lease.saga_id, exc
             )
 
-    def _advance(
-        self, lease: Lease, saga: SagaRun, mode: Mode, reason: str | None, heartbeat: Heartbeat
-    ) -> None:
+    def _advance(self, hold: SagaHold, saga: SagaRun, mode: Mode, reason: str | None) -> None:
+        lease = hold.lease
         try:
             try:
                 self._check_definition(saga)
@@ -172,21 +128,21 @@ class Runner:
                     # No way back once a pivot may have written: a hook or a cancel only lets it
                     # finish forward (the saga keeps its cancel request, so it says so).
                     _log.warning("saga %s is past its point of no return: finishing it forward", saga.id)
-                    self._run_forward(lease, saga, heartbeat)
+                    self._run_forward(hold, saga)
                     return
                 if mode is Mode.ROLLBACK:
                     self.ledger.set_saga_status(
                         lease, SagaStatus.COMPENSATING, error=reason or "rolled back on request"
                     )
                 else:
-                    status = self._run_forward(lease, saga, heartbeat)
+                    status = self._run_forward(hold, saga)
                     if mode is Mode.FORWARD or status is not SagaStatus.COMPENSATING:
                         return
             elif status is SagaStatus.FAILED:
                 # Past its pivot and stuck: an operator fixed the cause; retry forward.
                 if mode is not Mode.FULL:
                     return
-                self._run_forward(lease, saga, heartbeat)
+                self._run_forward(hold, saga)
                 return
             elif status is SagaStatus.COMPENSATION_FAILED:
                 if mode is Mode.FORWARD:
@@ -194,10 +150,9 @@ class Runner:
                 self.ledger.set_saga_status(lease, SagaStatus.COMPENSATING, keep_error=True)
             elif status is SagaStatus.COMPENSATING and mode is Mode.FORWARD:
                 return
-            self._compensate(lease, self.ledger.get_saga(lease.saga_id), heartbeat)
+            compensate(hold, self.catalog, self._invoke, self.ledger.get_saga(lease.saga_id))
         finally:
-            if heartbeat.lost.is_set():
-                raise LeaseLostError(f"the lease on saga {lease.saga_id} was lost while it ran")
+            hold.check_lease("while it ran")
 
     def _check_definition(self, saga: SagaRun) -> None:
         """Rule 7: a saga runs the steps it was started with, or not at all."""
@@ -237,7 +192,8 @@ class Runner:
 
     # -- forward -----------------------------------------------------------------------------
 
-    def _run_forward(self, lease: Lease, saga: SagaRun, heartbeat: Heartbeat) -> SagaStatus:
+    def _run_forward(self, hold: SagaHold, saga: SagaRun) -> SagaStatus:
+        lease = hold.lease
         # Whether a cancel was requested, as of the runner's latest ledger write: every fenced
         # write reads it in the same statement, so a step boundary costs no extra query.
         cancel_requested = self.ledger.set_saga_status(lease, SagaStatus.RUNNING, keep_error=True)
@@ -264,7 +220,7 @@ class Runner:
                 return self._begin_rollback(lease, row.error or f"step {name} failed")
             if not (past_pivot or began) and cancel_requested:
                 return self._begin_rollback(lease, f"cancelled before step {name}")
-            key = step.idempotency_key(self._key_scope(saga))
+            key = step.idempotency_key(hold.key_scope(saga))
             if not step.applies(saga.inputs):
                 why = step.skipped_because or "nothing to do for these inputs"
                 self.ledger.record_step_skipped(lease, idx, name, key, why)
@@ -272,13 +228,12 @@ class Runner:
                 prestarted = None
                 continue
             ran = self._execute_step(
-                lease,
+                hold,
                 saga,
                 idx,
                 step,
                 key,
                 outputs,
-                heartbeat,
                 after_pivot=past_pivot or began,
                 prestarted=prestarted if prestarted is not None and prestarted.step_idx == idx else None,
             )
@@ -286,8 +241,7 @@ class Runner:
             if isinstance(ran, SagaStatus):
                 return ran  # rolling back, or failed for an operator
             ctx, output = ran
-            if heartbeat.lost.is_set():
-                raise LeaseLostError(f"the lease on saga {saga.id} was lost during {name}")
+            hold.check_lease(f"during {name}")
             result = {**ctx.notes, **output}
             outputs[name] = {**ctx.recorded, **result}
             past_pivot |= pivot
@@ -297,7 +251,7 @@ class Runner:
                 idx,
                 name,
                 result,
-                then_start=self._next_step(saga, idx + 1, rows, past_pivot),
+                then_start=self._next_step(hold, saga, idx + 1, rows, past_pivot),
                 finish=last,  # the last step's write also completes the saga
             )
             cancel_requested, prestarted = completion.cancel_requested, completion.next_started
@@ -308,13 +262,12 @@ class Runner:
 
     def _execute_step(
         self,
-        lease: Lease,
+        hold: SagaHold,
         saga: SagaRun,
         idx: int,
         step: StepDefinition,
         key: str,
         outputs: Mapping[str, Mapping[str, Any]],
-        heartbeat: Heartbeat,
         *,
         after_pivot: bool,
         prestarted: StepResult | None,
@@ -322,6 +275,7 @@ class Runner:
         """Run one step: once before the pivot (a failure rolls back, a pivot's is settled), or
         retried forward after it. Returns its context and output, or the saga's new status."""
         pivot = self._is_pivot(saga, step.name)
+        lease = hold.lease
         tries: list[tuple[StepResult, StepContext]] = []
 
         def attempt() -> tuple[StepContext, Mapping[str, Any]]:
@@ -330,18 +284,16 @@ class Runner:
                 if not tries and prestarted is not None
                 else self.ledger.record_step_started(lease, idx, step.name, key)
             )
-            ctx = self._context(
-                lease,
+            ctx = hold.context(
                 saga,
                 idx,
                 step,
                 started,
                 outputs,
-                heartbeat,
                 # A pivot, once started, is never interrupted by a cancel: the cancel takes effect
                 # after it. After the pivot nothing is cancellable: the saga finishes forward.
                 cancellable=not (after_pivot or pivot),
-                timeout=self._timeout(saga, step),
+                timeout=hold.timeout(saga, step),
             )
             tries.append((started, ctx))
             try:
@@ -357,7 +309,7 @@ class Runner:
 
         if after_pivot:
             try:
-                return self._forward_policy(heartbeat).run(attempt)
+                return self._forward_policy(hold).run(attempt)
             except (LeaseLostError, LedgerError):
                 raise
             except Exception as exc:
@@ -371,7 +323,7 @@ class Runner:
         except Exception as exc:
             if pivot and tries:
                 row, ctx = tries[-1]
-                return self._settle_pivot(lease, saga, idx, step, key, outputs, heartbeat, row, ctx, exc)
+                return self._settle_pivot(hold, saga, idx, step, key, outputs, row, ctx, exc)
             error = describe(exc)
             if isinstance(exc, StepTimeoutError):
                 # In doubt: its undo (which finds the resource by its key first) settles it.
@@ -390,21 +342,21 @@ class Runner:
 
     def _settle_pivot(
         self,
-        lease: Lease,
+        hold: SagaHold,
         saga: SagaRun,
         idx: int,
         step: StepDefinition,
         key: str,
         outputs: Mapping[str, Mapping[str, Any]],
-        heartbeat: Heartbeat,
         row: StepResult,
         ctx: StepContext,
         exc: Exception,
     ) -> tuple[StepContext, Mapping[str, Any]] | SagaStatus:
         """A pivot failed, timed out or was refused: the one place that decides what follows."""
+        lease = hold.lease
         why = describe(exc)
         may_have_written = ctx.wrote or row.write_started_at is not None
-        lookup = self._look_up(lease, saga, idx, step, row, outputs, heartbeat) if may_have_written else None
+        lookup = self._look_up(hold, saga, idx, step, row, outputs) if may_have_written else None
         if lookup is not None:
             self.ledger.record_step_progress(lease, idx, {"in_doubt": lookup.record(why)})
         verdict = settle_pivot(may_have_written=may_have_written, lookup=lookup)
@@ -416,9 +368,7 @@ class Runner:
                 why,
                 lookup.evidence if lookup else "",
             )
-            return self._execute_step(
-                lease, saga, idx, step, key, outputs, heartbeat, after_pivot=True, prestarted=None
-            )
+            return self._execute_step(hold, saga, idx, step, key, outputs, after_pivot=True, prestarted=None)
         if verdict is Verdict.ROLL_BACK:
             found = "nothing was sent" if lookup is None else f"looked up: {lookup.evidence}"
             return self._begin_rollback(
@@ -435,29 +385,20 @@ class Runner:
 
     def _look_up(
         self,
-        lease: Lease,
+        hold: SagaHold,
         saga: SagaRun,
         idx: int,
         step: StepDefinition,
         row: StepResult,
         outputs: Mapping[str, Mapping[str, Any]],
-        heartbeat: Heartbeat,
     ) -> Lookup:
         """Ask the provider whether the step's effect happened; a lookup that fails is UNKNOWN."""
         if step.lookup is None:
             return Lookup(Found.UNKNOWN, f"step {step.name} has no lookup")
         fresh = self.ledger.list_step_results(saga.id)
         current = next((r for r in fresh if r.step_idx == idx), row)
-        ctx = self._context(
-            lease,
-            saga,
-            idx,
-            step,
-            current,
-            outputs,
-            heartbeat,
-            cancellable=False,
-            timeout=LOOKUP_TIMEOUT_SECONDS,
+        ctx = hold.context(
+            saga, idx, step, current, outputs, cancellable=False, timeout=LOOKUP_TIMEOUT_SECONDS
         )
         try:
             return step.lookup(ctx)
@@ -467,7 +408,7 @@ class Runner:
             return Lookup(Found.UNKNOWN, f"the lookup failed: {describe(exc)}")
 
     def _next_step(
-        self, saga: SagaRun, idx: int, rows: Mapping[int, StepResult], past_pivot: bool
+        self, hold: SagaHold, saga: SagaRun, idx: int, rows: Mapping[int, StepResult], past_pivot: bool
     ) -> NextStep | None:
         """The next step, to record started in the same write as this one's completion: only a
         step with no ledger row yet (a recorded one goes through the loop's checks)."""
@@ -477,12 +418,12 @@ class Runner:
         if not step.applies(saga.inputs):
             return None  # recorded skipped by the loop
         try:
-            key = step.idempotency_key(self._key_scope(saga))
+            key = step.idempotency_key(hold.key_scope(saga))
         except Exception:
             return None  # the loop computes it again, and fails there, after this step is recorded
         return NextStep(idx=idx, name=step.name, idempotency_key=key, unless_cancelled=not past_pivot)
 
-    def _forward_policy(self, heartbeat: Heartbeat) -> RetryPolicy:
+    def _forward_policy(self, hold: SagaHold) -> RetryPolicy:
         settings = self.services.settings
         return RetryPolicy(
             on=_forward_worth_retrying,
@@ -490,7 +431,7 @@ class Runner:
             deadline=None,  # each try has its step's deadline
             base_delay=settings.compensation_backoff_seconds,
             max_delay=60.0,
-            sleep=lambda seconds: self._pause(seconds, heartbeat),
+            sleep=hold.pause,
             clock=self.services.monotonic,
         )
 
@@ -506,158 +447,3 @@ class Runner:
     def _begin_rollback(self, lease: Lease, error: str) -> SagaStatus:
         self.ledger.set_saga_status(lease, SagaStatus.COMPENSATING, error=error)
         return SagaStatus.COMPENSATING
-
-    # -- backward ----------------------------------------------------------------------------
-
-    def _compensate(self, lease: Lease, saga: SagaRun, heartbeat: Heartbeat) -> None:
-        """Undo, in reverse, every step that completed and the one that failed or is in doubt.
-
-        A row already undone (``compensated_at``) is never undone again; a row that never sent a
-        write has nothing to undo and is not sent to the provider; the whole rollback has one
-        deadline (``compensation_deadline_seconds``), each undo one retry policy inside it.
-        """
-        rows = {r.step_idx: r for r in self.ledger.list_step_results(saga.id)}
-        outputs = {r.step_name: r.output for r in rows.values()}
-        settings = self.services.settings
-        clock = self.services.monotonic
-        deadline = clock() + settings.compensation_deadline_seconds
-        for idx in sorted(rows, reverse=True):
-            row = rows[idx]
-            if row.status in (StepStatus.PENDING, StepStatus.SKIPPED) or row.compensated_at is not None:
-                continue
-            # The step that failed keeps saying so once its undo ran (the seed's ledger reads
-            # "fail: failed"); compensated_at records that the undo happened.
-            final = StepStatus.FAILED if row.status is StepStatus.FAILED else StepStatus.COMPENSATED
-            if row.write_started_at is None:
-                self.ledger.record_step_compensated(lease, idx, final)  # nothing was ever sent
-                continue
-            step = self.catalog.step(row.step_name)
-
-            def undo(step: StepDefinition = step, row: StepResult = row, idx: int = idx) -> None:
-                if clock() >= deadline:
-                    raise StepTimeoutError(
-                        f"the rollback ({step.name})", settings.compensation_deadline_seconds
-                    )
-                self.ledger.record_step_compensating(lease, idx)
-                ctx = self._context(
-                    lease,
-                    saga,
-                    idx,
-                    step,
-                    row,
-                    outputs,
-                    heartbeat,
-                    cancellable=False,
-                    timeout=max(deadline - clock(), 0.0),
-                )
-                self._invoke(step, Phase.COMPENSATE, step.compensate, ctx)
-
-            def retrying(exc: BaseException, failed: int, delay: float, name: str = row.step_name) -> None:
-                _log.warning(
-                    "compensation of %s (saga %s) failed, try %d: %s; again in %.1fs",
-                    name,
-                    saga.id,
-                    failed,
-                    describe(exc),
-                    delay,
-                )
-
-            policy = RetryPolicy(
-                on=_undo_worth_retrying,
-                attempts=settings.compensation_attempts,
-                deadline=max(deadline - clock(), 0.0),
-                base_delay=settings.compensation_backoff_seconds,
-                max_delay=60.0,
-                sleep=lambda seconds: self._pause(seconds, heartbeat),
-                clock=clock,
-            )
-            try:
-                policy.run(undo, on_retry=retrying)
-            except (LeaseLostError, LedgerError):
-                raise
-            except Exception as exc:
-                last_error = describe(exc)
-                _log.error("compensation of %s (saga %s) gave up: %s", row.step_name, saga.id, last_error)
-                self.ledger.record_step_compensation_failed(lease, idx, last_error)
-                earlier = f"{saga.error}; then " if saga.error else ""
-                self.ledger.set_saga_status(
-                    lease,
-                    SagaStatus.COMPENSATION_FAILED,
-                    error=f"{earlier}compensation of {row.step_name} failed: {last_error}"[:4000],
-                )
-                return
-            if heartbeat.lost.is_set():
-                raise LeaseLostError(f"the lease on saga {saga.id} was lost compensating {row.step_name}")
-            self.ledger.record_step_compensated(lease, idx, final)
-        self.ledger.set_saga_status(lease, SagaStatus.ROLLED_BACK, keep_error=True)
-
-    # -- helpers -----------------------------------------------------------------------------
-
-    def _key_scope(self, saga: SagaRun) -> KeyScope:
-        return KeyScope(saga_id=saga.id, inputs=saga.inputs, prefix=self.services.settings.name_prefix)
-
-    def _timeout(self, saga: SagaRun, step: StepDefinition) -> float:
-        """The saga's own option, else the settings', else the step's default."""
-        own = saga.options.get("step_timeouts", {}).get(step.name)
-        if own is not None:
-            return float(own)
-        return float(self.services.settings.step_timeouts.get(step.name, step.timeout_seconds))
-
-    def _pause(self, seconds: float, heartbeat: Heartbeat) -> None:
-        """A retry's wait, stopped at once (LeaseLostError) when the lease is lost."""
-        remaining = seconds
-        while remaining > 0:
-            if heartbeat.lost.is_set():
-                raise LeaseLostError("the runner lost its lease while waiting to try again")
-            slice_ = min(remaining, CANCEL_CHECK_SECONDS)
-            self.services.sleep(slice_)
-            remaining -= slice_
-        if heartbeat.lost.is_set():
-            raise LeaseLostError("the runner lost its lease while waiting to try again")
-
-    def _context(
-        self,
-        lease: Lease,
-        saga: SagaRun,
-        idx: int,
-        step: StepDefinition,
-        row: StepResult,
-        outputs: Mapping[str, Mapping[str, Any]],
-        heartbeat: Heartbeat,
-        *,
-        cancellable: bool,
-        timeout: float | None,
-    ) -> StepContext:
-        def record_progress(patch: Mapping[str, Any], writing: bool) -> None:
-            self.ledger.record_step_progress(lease, idx, patch, writing=writing)
-
-        def cancel_requested() -> bool:
-            if heartbeat.lost.is_set():  # fencing reaches the provider too: stop at the next poll
-                raise LeaseLostError(f"the lease on saga {saga.id} was lost during {step.name}")
-            if not cancellable:
-                return False
-            try:
-                return self.ledger.is_cancel_requested(saga.id)
-            except LedgerUnavailableError as exc:
-                # A blip: the cancel is read again at the next poll; a ledger gone for longer than
-                # the lease stops the runner through the heartbeat, never through a rollback.
-                _log.warning("could not read saga %s's cancel request (%s); going on", saga.id, exc)
-                return False
-
-        return StepContext(
-            saga_id=saga.id,
-            step_idx=idx,
-            step_name=step.name,
-            idempotency_key=row.idempotency_key or step.idempotency_key(self._key_scope(saga)),
-            inputs=saga.inputs,
-            outputs=dict(outputs),
-            recorded=dict(row.output),
-            started_at=row.started_at,
-            attempt=row.attempts,
-            services=self.services,
-            record_progress=record_progress,
-            cancel_requested=cancel_requested,
-            deadline=None if timeout is None else self.services.monotonic() + timeout,
-            timeout=timeout,
-            wrote=row.write_started_at is not None,
-        )

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from sagas.runner import Phase
+from sagas.invocation import Phase
 from sagas.steps import StepContext, StepDefinition
 
 T = TypeVar("T")
