@@ -675,6 +675,30 @@ def test_error_500_is_json_and_not_applied(do: httpx.Client, control: httpx.Clie
     assert do.post("/v2/droplets", json=body).status_code == 202  # times defaults to 1
 
 
+def test_error_500_applied_applies_the_write_then_answers_a_json_500(
+    do: httpx.Client, control: httpx.Client
+) -> None:
+    droplet_id = seed(control)
+    rule = {"method": "POST", "path": r"^/v2/droplets/\d+/actions$", "kind": "error_500_applied"}
+    control.post("/_sim/faults", json=rule).raise_for_status()
+    failed = do.post(f"/v2/droplets/{droplet_id}/actions", json={"type": "snapshot", "name": "edge-1"})
+    assert failed.status_code == 500 and failed.json()["id"] == "server_error"
+    assert failed.headers["x-request-id"] == failed.json()["request_id"]
+    # Applied all the same: the snapshot action exists and was counted once.
+    assert [a["type"] for a in do.get(f"/v2/droplets/{droplet_id}/actions").json()["actions"]] == ["snapshot"]
+    eventually(lambda: snapshot_names(do, droplet_id) == ["edge-1"])
+    assert control.get("/_sim/state").json()["counters"]["writes"]["snapshot:edge-1"] == 1
+    # One shot: the next write is answered normally.
+    assert do.delete(f"/v2/droplets/{droplet_id}").status_code == 204
+
+
+def test_error_500_applied_on_a_read_is_a_plain_500(do: httpx.Client, control: httpx.Client) -> None:
+    droplet_id = seed(control)
+    control.post("/_sim/faults", json={"method": "GET", "kind": "error_500_applied"}).raise_for_status()
+    assert do.get(f"/v2/droplets/{droplet_id}").status_code == 500
+    assert do.get(f"/v2/droplets/{droplet_id}").json()["droplet"]["status"] == "active"
+
+
 def test_error_503_html(do: httpx.Client, control: httpx.Client) -> None:
     control.post("/_sim/faults", json={"kind": "error_503_html", "times": 2})
     for _ in range(2):
@@ -785,6 +809,37 @@ def test_state_counts_requests_by_route(do: httpx.Client, control: httpx.Client)
     assert counters["requests"] == {"GET /v2/droplets/{droplet_id}": 2, "POST /v2/droplets": 1}
     assert counters["writes"] == {"droplet:c-1": 1}
     assert counters["statuses"] == {"200": 1, "404": 1, "202": 1}
+
+
+def test_the_request_journal_lists_every_v2_request_in_order_with_its_answer_and_fault(
+    do: httpx.Client, control: httpx.Client
+) -> None:
+    droplet_id = seed(control)  # control requests are not journaled
+    start = control.get("/_sim/requests").json()["last_seq"]
+    control.post("/_sim/faults", json={"method": "DELETE", "kind": "lose_response"}).raise_for_status()
+    do.get(f"/v2/droplets/{droplet_id}", params={"x": "1"})
+    do.get("/v2/droplets/999")
+    with pytest.raises(httpx.RemoteProtocolError):
+        do.delete(f"/v2/droplets/{droplet_id}")
+    httpx.get(f"{str(do.base_url).rstrip('/')}/v2/actions")  # no token: 401, journaled too
+    body = control.get("/_sim/requests", params={"since": start}).json()
+    seen = [(r["method"], r["path"], r["query"], r["status"], r["fault"]) for r in body["requests"]]
+    assert seen == [
+        ("GET", f"/v2/droplets/{droplet_id}", "x=1", 200, None),
+        ("GET", "/v2/droplets/999", "", 404, None),
+        ("DELETE", f"/v2/droplets/{droplet_id}", "", 200, "lose_response"),
+        ("GET", "/v2/actions", "", 401, None),
+    ]
+    seqs = [r["seq"] for r in body["requests"]]
+    assert seqs == list(range(start + 1, start + 5)) and body["last_seq"] == start + 4
+    # ?since= reads only what is newer; a reset empties the journal but numbers keep growing.
+    newer = control.get("/_sim/requests", params={"since": start + 3}).json()["requests"]
+    assert [r["seq"] for r in newer] == [start + 4]
+    control.post("/_sim/reset").raise_for_status()
+    assert control.get("/_sim/requests").json() == {"requests": [], "last_seq": start + 4}
+    do.get("/v2/droplets")
+    assert control.get("/_sim/requests").json()["requests"][0]["seq"] == start + 5
+    assert control.get("/_sim/requests", params={"since": "-1"}).status_code == 400
 
 
 def test_reset_clears_everything(do: httpx.Client, control: httpx.Client) -> None:

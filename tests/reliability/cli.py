@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from tests.conftest import REPO, SAGAS_ENV, TOKEN, _server_url, _with_database
 from tests.reliability import harness
 from tests.reliability.harness import CaseResult, Sim
 
-SECTIONS = ("crash", "storm", "race", "db", "input")
+SECTIONS = ("crash", "cancel", "faults", "storm", "race", "db", "input")
 
 
 @contextmanager
@@ -73,27 +74,33 @@ class Worker:
         return ledger
 
 
-def _report(title: str, results: list[CaseResult]) -> None:
+def _report(title: str, results: list[CaseResult], line: str | None = None) -> None:
     for r in sorted(results, key=lambda r: r.name):
         if not r.verdict.survived:
             print(f"  FAILED {r.name}: {r.verdict.detail}", flush=True)
     took = sum(r.seconds for r in results)
-    print(f"{title}: {harness.summary_line(results)} ({took:.0f}s of case time)", flush=True)
+    print(f"{title}: {line or harness.summary_line(results)} ({took:.0f}s of case time)", flush=True)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/reliability", description=__doc__)
     parser.add_argument("--scale", type=int, default=1, help="how much larger than CI (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="replay a fault storm (default: random)")
-    parser.add_argument("--workers", type=int, default=6, help="crash cases run side by side")
+    parser.add_argument("--workers", type=int, default=6, help="matrix cases run side by side")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated: {','.join(SECTIONS)}")
+    parser.add_argument("--verbose", action="store_true", help="show the runners' warnings too")
     args = parser.parse_args(argv)
+    if not args.verbose:
+        # Runners in this process (storm, cancel and fault matrices) warn of every failure they were
+        # made to meet; the verdicts say what matters.
+        logging.getLogger("sagas").setLevel(logging.ERROR)
     scale = max(args.scale, 1)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     print(f"reliability: scale {scale}, seed {seed}, sections {','.join(s for s in SECTIONS if s in only)}")
 
     results: list[CaseResult] = []
+    matrices: dict[str, list[CaseResult]] = {}  # "cancel" and "fault": reported on lines of their own
     count = max(args.workers, 1)
     with scratch_databases(count) as urls, tempfile.TemporaryDirectory(prefix="sagas-reliability-") as home:
         base_env = {**SAGAS_ENV, "SAGAS_DO_RATE_WINDOW_SCALE": "0.02", "SAGAS_HOME": str(Path(home) / "home")}
@@ -109,12 +116,40 @@ def main(argv: list[str]) -> int:
                 w = workers[id(sim)]
                 return harness.run_crash_case(case, sim, w.fresh_ledger(), w.settings, w.env)
 
+            def cancel(case: harness.CancelCase, sim: Sim) -> CaseResult:
+                w = workers[id(sim)]
+                return harness.run_cancel_case(case, sim, w.fresh_ledger(), w.settings)
+
+            def fault(case: harness.FaultCase, sim: Sim) -> CaseResult:
+                w = workers[id(sim)]
+                return harness.run_fault_case(case, sim, w.fresh_ledger(), w.settings)
+
             if "crash" in only:
                 cases = harness.crash_cases() * scale
                 started = time.monotonic()
                 section = harness.run_cases_in_parallel(cases, crash, sims)
                 _report(f"crash matrix ({time.monotonic() - started:.0f}s)", section)
                 results += section
+            if "cancel" in only:
+                started = time.monotonic()
+                section = harness.run_cases_in_parallel(harness.cancel_cases() * scale, cancel, sims)
+                line = harness.held_line("cancel", section)
+                _report(f"cancel matrix ({time.monotonic() - started:.0f}s)", section, line)
+                matrices["cancel"] = section
+            if "faults" in only:
+                started = time.monotonic()
+                try:
+                    cases = harness.fault_cases(first.sim, first.fresh_ledger, first.settings) * scale
+                except Exception as exc:  # a kind no longer completes unfaulted: nothing to fault
+                    verdict = harness.Verdict(False, detail=f"clean run: {type(exc).__name__}: {exc}")
+                    section = [CaseResult("fault matrix clean runs", verdict, time.monotonic() - started)]
+                else:
+                    took = time.monotonic() - started
+                    print(f"fault matrix: {len(cases)} cases from clean runs ({took:.0f}s)", flush=True)
+                    section = harness.run_cases_in_parallel(cases, fault, sims)
+                line = harness.held_line("fault", section)
+                _report(f"fault matrix ({time.monotonic() - started:.0f}s)", section, line)
+                matrices["fault"] = section
             if "storm" in only:
                 started = time.monotonic()
                 section = harness.fault_storm(
@@ -147,6 +182,10 @@ def main(argv: list[str]) -> int:
             section = [CaseResult("bad input and secrets (pytest)", verdict, time.monotonic() - started)]
             _report("bad input and secrets", section)
             results += section
-    print(harness.summary_line(results), flush=True)
-    ok = all(r.verdict.survived and not r.verdict.leaked and not r.verdict.doubled for r in results)
-    return 0 if ok and results else 1
+    if results or not matrices:
+        print(harness.summary_line(results), flush=True)
+    for what, section in matrices.items():
+        print(harness.held_line(what, section), flush=True)
+    everything = results + [r for section in matrices.values() for r in section]
+    ok = all(r.verdict.survived and not r.verdict.leaked and not r.verdict.doubled for r in everything)
+    return 0 if ok and everything else 1

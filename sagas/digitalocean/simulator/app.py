@@ -1,9 +1,10 @@
 """The simulator's ASGI application: the API edge in front of the routes.
 
-For every ``/v2`` request, in this order: count it by route, check ``Authorization: Bearer`` (401),
-apply the token's rate limits (429), consult the fault rules (latency, 500, HTML 503, injected 429,
-lost response), then run the route and add ``ratelimit-*`` and ``x-request-id`` headers to its reply.
-``/_sim`` requests go straight to the control routes.
+For every ``/v2`` request, in this order: note it in the request journal and count it by route, check
+``Authorization: Bearer`` (401), apply the token's rate limits (429), consult the fault rules (latency,
+500 before or after serving it, HTML 503, injected 429, lost or late response), then run the route and
+add ``ratelimit-*`` and ``x-request-id`` headers to its reply. ``/_sim`` requests go straight to the
+control routes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .config import SimulatorConfig
 from .control import ControlApi
 from .errors import NOT_FOUND_MESSAGE, ApiError
 from .faults import FaultRegistry, FaultRule
+from .journal import JournalEntry, RequestJournal
 from .ratelimit import RateLimiter
 from .world import World
 
@@ -96,6 +98,7 @@ class SimulatorApp:
         self.limiter = RateLimiter()
         self.faults = FaultRegistry()
         self.metrics = Metrics()
+        self.journal = RequestJournal()
         self._api_routes = V2Api(self.world).routes()
         self.router = Starlette(
             routes=[*self._api_routes, *ControlApi(self).routes()],
@@ -119,11 +122,12 @@ class SimulatorApp:
         self.faults.add([r if isinstance(r, FaultRule) else FaultRule.model_validate(r) for r in rules])
 
     def reset(self) -> None:
-        """Clear resources, faults, counters and rate-limit windows (the config stays)."""
+        """Clear resources, faults, counters, the request journal and rate-limit windows (the config stays)."""
         self.world.reset()
         self.faults.reset()
         self.limiter.reset()
         self.metrics.reset()
+        self.journal.clear()
 
     def state(self) -> dict[str, Any]:
         dump = self.world.dump()
@@ -193,6 +197,8 @@ class SimulatorApp:
         request_id = str(uuid.uuid4())
         scope[REQUEST_ID_KEY] = request_id
         method, path = scope["method"], scope["path"]
+        entry = self.journal.open(method, path, bytes(scope.get("query_string", b"")).decode("latin-1"))
+        send = self._journaled(send, entry)
         self.metrics.bump("requests", f"{method} {self._route_label(scope)}")
         config = self.config
         token = _bearer(scope)
@@ -217,11 +223,15 @@ class SimulatorApp:
             return
 
         plan = self.faults.plan(method, path)
+        if plan.kind is not None or plan.latency:
+            self.journal.faulted(entry, plan.kind or "latency")
         if plan.latency:
             await asyncio.sleep(plan.latency)
         if plan.kind == "error_500":
             body = _error_body(scope, "server_error", "Server was unable to give you a response.")
             await self._send_json(send, 500, body, headers)
+        elif plan.kind == "error_500_applied":
+            await self._error_after_serving(scope, receive, send, headers)
         elif plan.kind == "error_503_html":
             await self._send_body(send, 503, HTML_503, "text/html", {})
         elif plan.kind == "rate_limit_429":
@@ -240,6 +250,14 @@ class SimulatorApp:
         else:
             await self.router(scope, receive, self._decorating(send, headers))
 
+    def _journaled(self, send: Send, entry: JournalEntry) -> Send:
+        async def journaled(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.journal.answered(entry, int(message["status"]))
+            await send(message)
+
+        return journaled
+
     def _decorating(self, send: Send, headers: dict[str, str]) -> Send:
         extra = [(k.encode(), v.encode()) for k, v in headers.items()]
 
@@ -250,6 +268,18 @@ class SimulatorApp:
             await send(message)
 
         return decorated
+
+    async def _error_after_serving(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str]
+    ) -> None:
+        """Serve the request (a write the API accepts is applied), then answer a JSON 500 instead."""
+
+        async def discard(message: Message) -> None:
+            pass
+
+        await self.router(scope, receive, discard)
+        body = _error_body(scope, "server_error", "Server was unable to give you a response.")
+        await self._send_json(send, 500, body, headers)
 
     async def _slow_response(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], seconds: float

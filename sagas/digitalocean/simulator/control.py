@@ -1,4 +1,4 @@
-"""The ``/_sim`` control endpoints: faults, live config, state dump, reset, droplet and domain seeding.
+"""The ``/_sim`` control endpoints: faults, live config, state dump, request journal, reset, seeding.
 
 No authentication, no rate limiting, no fault injection. Documented with curl examples in
 ``docs/simulator.md``.
@@ -17,6 +17,7 @@ from starlette.routing import Route
 from .config import SimulatorConfig
 from .errors import ApiError, bad_request
 from .faults import FaultRegistry, FaultRule
+from .journal import RequestJournal
 from .world import World
 
 
@@ -26,6 +27,7 @@ class Controlled(Protocol):
 
     world: World
     faults: FaultRegistry
+    journal: RequestJournal
 
     @property
     def config(self) -> SimulatorConfig: ...
@@ -75,6 +77,7 @@ class ControlApi:
             Route("/_sim/faults", self.add_faults, methods=["POST"]),
             Route("/_sim/faults", self.clear_faults, methods=["DELETE"]),
             Route("/_sim/state", self.state, methods=["GET"]),
+            Route("/_sim/requests", self.requests, methods=["GET"]),
             Route("/_sim/config", self.get_config, methods=["GET"]),
             Route("/_sim/config", self.update_config, methods=["POST"]),
             Route("/_sim/reset", self.reset, methods=["POST"]),
@@ -95,6 +98,13 @@ class ControlApi:
 
     async def state(self, request: Request) -> Response:
         return JSONResponse(self.sim.state())
+
+    async def requests(self, request: Request) -> Response:
+        raw = request.query_params.get("since", "0")
+        if not raw.isdigit():
+            raise bad_request("since must be a request number (a non-negative integer).")
+        entries, last = self.sim.journal.since(int(raw))
+        return JSONResponse({"requests": entries, "last_seq": last})
 
     async def get_config(self, request: Request) -> Response:
         return JSONResponse(self.sim.config.model_dump())

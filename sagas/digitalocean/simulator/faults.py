@@ -6,6 +6,9 @@ match; the first ``after`` matches pass untouched, then the rule fires on the ne
 (``null`` = forever). Rules are checked in the order they were added: every firing ``latency`` rule adds
 its delay, and the first firing rule of any other kind decides the response (later rules are not
 consulted for that request, so they neither count it nor fire).
+
+``error_500`` answers before the request is served (nothing applied); ``error_500_applied`` serves it
+first (a write is applied, as DigitalOcean's edge can do) and replaces its answer with the same 500.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FaultKind = Literal[
-    "error_500", "error_503_html", "rate_limit_429", "latency", "lose_response", "slow_response"
+    "error_500",
+    "error_500_applied",
+    "error_503_html",
+    "rate_limit_429",
+    "latency",
+    "lose_response",
+    "slow_response",
 ]
 
 

@@ -116,8 +116,23 @@ class Sim:
         self.api.close()
 
     def reset(self, time_scale: float = 0.02) -> None:
+        """An empty account, every timing back to its default (a case before may have slowed one)."""
+        from sagas.digitalocean.simulator import SimulatorConfig
+
         self.control.post("/_sim/reset").raise_for_status()
-        self.control.post("/_sim/config", json={"time_scale": time_scale}).raise_for_status()
+        defaults = SimulatorConfig(time_scale=time_scale).model_dump()
+        self.control.post("/_sim/config", json=defaults).raise_for_status()
+
+    def configure(self, **patch: Any) -> None:
+        self.control.post("/_sim/config", json=patch).raise_for_status()
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """The journaled ``/v2`` requests after request number ``since``, in arrival order."""
+        body = self.control.get("/_sim/requests", params={"since": since}).json()
+        return list(body["requests"])
+
+    def last_request(self) -> int:
+        return int(self.control.get("/_sim/requests", params={"since": 2**62}).json()["last_seq"])
 
     def state(self) -> dict[str, Any]:
         return dict(self.control.get("/_sim/state").json())
