@@ -252,9 +252,12 @@ class Runner:
                 name,
                 result,
                 then_start=self._next_step(hold, saga, idx + 1, rows, past_pivot),
-                finish=last,  # the last step's write also completes the saga
+                finish=last,  # the last step's write also completes the saga...
+                finish_unless_cancelled=not past_pivot,  # ...unless a cancel came while it ran
             )
             cancel_requested, prestarted = completion.cancel_requested, completion.next_started
+            if last and cancel_requested and not past_pivot:
+                return self._begin_rollback(lease, f"cancelled during step {name}")
             finished = last
         if not finished:  # every step was already recorded (a resume), or the last one was skipped
             self.ledger.set_saga_status(lease, SagaStatus.COMPLETED)

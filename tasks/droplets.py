@@ -36,7 +36,7 @@ from sagas.errors import (
 from sagas.in_doubt import Found, Lookup
 from sagas.models import Reversibility
 from sagas.steps import KeyScope, StepContext, StepDefinition
-from tasks.actions import find_our_action, perform_droplet_action
+from tasks.actions import find_our_action, perform_droplet_action, wait_for_action
 from tasks.waiting import wait_until
 
 DROPLET_NAME = r"^[a-zA-Z0-9]([a-zA-Z0-9.\-]{0,253}[a-zA-Z0-9])?$"
@@ -234,12 +234,38 @@ def power_on(ctx: StepContext) -> Mapping[str, Any]:
     return {"droplet_id": droplet_id, "was_off": ctx.recorded["was_off"]}
 
 
+def _let_the_step_finish(
+    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, slots: dict[str, str], then: Any
+) -> None:
+    """An undo of a step cut off mid-action (a cancel, a timeout, a crash) first lets the step's own
+    actions end, and lets the droplet show their effect (``then``, a wait): deciding on the droplet
+    as it was a moment before the action landed would undo nothing, and the action would then
+    land. ``slots`` maps each action slot the step may have used to its action type."""
+    landed = False
+    for slot, kind in slots.items():
+        action_id: int | None = ctx.recorded.get(f"{slot}_id")
+        if action_id is None and ctx.recorded.get(f"{slot}_posting"):
+            action_id = find_our_action(ctx, do, droplet_id, kind, slot=slot)
+        if action_id is not None and wait_for_action(ctx, do, action_id).status == "completed":
+            landed = True
+    if landed:
+        then()
+
+
 def undo_power_off(ctx: StepContext) -> None:
     """Power the droplet back on, unless it was already off before the saga."""
     if ctx.recorded.get("was_on") is False:
         return
     droplet_id = droplet_id_of(ctx)
     do = ctx.services.digitalocean()
+    timeout = ctx.services.settings.action_timeout_seconds
+    _let_the_step_finish(
+        ctx,
+        do,
+        droplet_id,
+        {"shutdown": "shutdown", "power_off": "power_off"},
+        lambda: _wait_for_status(ctx, do, droplet_id, "off", timeout),
+    )
     droplet = _droplet_or_none(do, droplet_id)
     if droplet is None or droplet.status == "active":
         return
@@ -253,6 +279,14 @@ def undo_power_on(ctx: StepContext) -> None:
         return
     droplet_id = droplet_id_of(ctx)
     do = ctx.services.digitalocean()
+    timeout = ctx.services.settings.action_timeout_seconds
+    _let_the_step_finish(
+        ctx,
+        do,
+        droplet_id,
+        {"power_on": "power_on"},
+        lambda: _wait_for_status(ctx, do, droplet_id, "active", timeout),
+    )
     droplet = _droplet_or_none(do, droplet_id)
     if droplet is None or droplet.status == "off":
         return
@@ -292,6 +326,10 @@ def undo_resize(ctx: StepContext) -> None:
         return  # the size was never read, so nothing was resized
     droplet_id = int(ctx.inputs["droplet_id"])
     do = ctx.services.digitalocean()
+    target = str(ctx.inputs["size"])
+    _let_the_step_finish(
+        ctx, do, droplet_id, {"resize": "resize"}, lambda: _wait_for_size(ctx, do, droplet_id, target)
+    )
     droplet = _droplet_or_none(do, droplet_id)
     if droplet is None or droplet.size_slug == original:
         return

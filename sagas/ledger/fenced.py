@@ -220,6 +220,7 @@ class FencedWrites:
         *,
         then_start: NextStep | None = None,
         finish: bool = False,
+        finish_unless_cancelled: bool = False,
     ) -> StepCompletion:
         """Mark the step completed and merge its output into the step row and the saga's context.
 
@@ -229,7 +230,8 @@ class FencedWrites:
         it was started. When the next step's idempotency key is another saga's, this step is still
         recorded completed and the next is not started (``record_step_started`` then says why).
         With ``finish`` (the last step), the same statement marks the saga completed and frees its
-        resource, as ``set_saga_status(COMPLETED)`` would.
+        resource, as ``set_saga_status(COMPLETED)`` would; with ``finish_unless_cancelled`` too, not
+        when a cancel is requested (the runner then rolls the saga back).
         """
         doing = f"record step {name} completed"
         params: dict[str, Any] = {
@@ -242,6 +244,7 @@ class FencedWrites:
             "next_key": None if then_start is None else then_start.idempotency_key,
             "unless_cancelled": then_start is not None and then_start.unless_cancelled,
             "finish": finish,
+            "finish_unless_cancelled": finish and finish_unless_cancelled,
         }
         try:
             row = self._fenced_write(lease, doing, _STEP_COMPLETED, **params)
@@ -369,7 +372,9 @@ _STEP_SKIPPED = (
 _HAS_STEP_ROW = (
     "EXISTS (SELECT 1 FROM saga_step_results AS f WHERE f.saga_id = %(saga_id)s AND f.step_idx = %(idx)s)"
 )
-_FINISHING = f"(%(finish)s AND {_HAS_STEP_ROW})"
+# A last step completes the saga, unless (before any pivot) a cancel arrived while it ran: then the
+# runner rolls it back instead, as it would have at a safe point inside the step.
+_FINISHING = f"(%(finish)s AND {_HAS_STEP_ROW} AND NOT (%(finish_unless_cancelled)s AND cancel_requested))"
 _STEP_COMPLETED = (
     "WITH fence AS ("
     + _fence(
@@ -385,7 +390,8 @@ _STEP_COMPLETED = (
     " WHERE saga_step_results.saga_id = fence.id AND saga_step_results.step_idx = %(idx)s"
     " RETURNING saga_step_results.id),"
     " released AS (DELETE FROM saga_resource_locks USING fence"
-    " WHERE %(finish)s AND saga_resource_locks.saga_id = fence.id AND EXISTS (SELECT 1 FROM done)"
+    " WHERE %(finish)s AND NOT (%(finish_unless_cancelled)s AND fence.cancel_requested)"
+    " AND saga_resource_locks.saga_id = fence.id AND EXISTS (SELECT 1 FROM done)"
     " RETURNING 1),"
     " nxt AS (INSERT INTO saga_step_results"
     " (saga_id, step_idx, step_name, status, idempotency_key, attempts, started_at)"
