@@ -28,21 +28,28 @@ def run_flow(
 ) -> SagaRun:
     """Run the kind's flow here and return the saga as the ledger has it afterwards.
 
-    Busy and bad-input refusals propagate (nothing was written); any other failure of the flow run
-    is reported on ``errors_to`` and the ledger says what became of the saga.
+    Busy and bad-input refusals propagate (nothing was written). A saga that did not complete is
+    not an error of the flow run (its final state says the saga's outcome, and the ledger is read
+    afterwards); any other failure of the run is reported on ``errors_to`` in one line.
     """
+    from prefect.exceptions import FailedRun
+
     from flows import flow_for
 
     flow, parameters_model = flow_for(kind)
     params: dict[str, Any] = {**inputs, "saga_id": saga_id, "triggered_by": triggered_by}
     if kind == "test":
         params["steps"] = steps
-    try:
-        flow(parameters_model(**params))
-    except (SagaBusyError, ResourceBusyError, InputError):
-        raise
-    except SagaError as exc:
-        errors_to.print(f"the flow run failed: {exc}", markup=False)
-    except Exception as exc:  # the flow's own failure; the ledger says what became of the saga
-        errors_to.print(f"the flow run failed: {type(exc).__name__}: {exc}", markup=False)
+    state = flow(parameters_model(**params), return_state=True)
+    if not state.is_completed():
+        try:
+            state.result()  # the body's own exception, if it raised one
+        except (SagaBusyError, ResourceBusyError, InputError):
+            raise
+        except FailedRun:
+            pass  # the body ended the run with the saga's outcome: expected, not a crash
+        except SagaError as exc:
+            errors_to.print(f"the flow run failed: {exc}", markup=False)
+        except Exception as exc:  # the flow's own failure; the ledger says what became of the saga
+            errors_to.print(f"the flow run failed: {type(exc).__name__}: {exc}", markup=False)
     return application.ledger.get_saga(saga_id)

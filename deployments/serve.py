@@ -21,9 +21,10 @@ def main() -> None:
         flow, _ = flow_for(kind)
         deployments.append(flow.to_deployment(name=kind, tags=["arcadia-sagas"]))
     from flows.fleet import fleet_snapshot
-    from flows.recovery import recovery_sweep
+    from flows.recovery import finish_saga, recovery_sweep
 
-    deployments.append(recovery_sweep.to_deployment(name="recovery-sweep", interval=60))
+    deployments.append(recovery_sweep.to_deployment(name="recovery-sweep", interval=300))
+    deployments.append(finish_saga.to_deployment(name="finish-saga"))
     deployments.append(
         fleet_snapshot.to_deployment(
             name="fleet-snapshot", cron="0 3 * * *", parameters={"params": {"tag": "nightly-snapshot"}}

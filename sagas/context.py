@@ -44,10 +44,12 @@ class Provisioning:
         deployment_id: str | None = None,
         triggered_by: str = "manual",
         flow_run_id: uuid.UUID | None = None,
+        retry_of: uuid.UUID | None = None,
     ) -> SagaRun:
         """Record the saga (nothing runs); the same id again returns the recorded one.
 
-        ``flow_run_id`` links it to the Prefect flow run that drives it, in the same write.
+        ``flow_run_id`` links it to the Prefect flow run that drives it, in the same write;
+        ``retry_of`` to the rolled-back saga it replaces (Prefect's Retry of that flow run).
         """
         new = self.catalog.new_saga(
             kind,
@@ -57,8 +59,8 @@ class Provisioning:
             triggered_by=triggered_by,
             deployment_id=deployment_id,
         )
-        if flow_run_id is not None:
-            new = new.model_copy(update={"flow_run_id": flow_run_id})
+        if flow_run_id is not None or retry_of is not None:
+            new = new.model_copy(update={"flow_run_id": flow_run_id, "retry_of": retry_of})
         saga, _created = self.ledger.create_saga(new)
         return saga
 

@@ -84,6 +84,7 @@ class NewSaga(BaseModel):
     resource: str | None = None
     flow_run_id: uuid.UUID | None = None  # the Prefect flow run that records and drives it
     options: dict[str, Any] = Field(default_factory=dict)  # a validated SagaOptions, as JSON
+    retry_of: uuid.UUID | None = None  # the rolled-back saga a Prefect Retry replaced with this one
 
 
 class SagaRun(BaseModel):
@@ -113,6 +114,7 @@ class SagaRun(BaseModel):
     resolved_at: datetime | None = None
     resolution_note: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    retry_of: uuid.UUID | None = None
 
 
 class StepResult(BaseModel):

@@ -175,5 +175,5 @@ def test_the_registry_is_the_one_list_of_kinds() -> None:
     for kind in kinds:
         module, attribute, _parameters = FLOWS[kind]
         assert by_name.get(kind) == f"{module.replace('.', '/')}.py:{attribute}", kind
-    scheduled = {"recovery-sweep", "fleet-snapshot"}
+    scheduled = {"recovery-sweep", "fleet-snapshot", "finish-saga"}
     assert set(by_name) - kinds == scheduled

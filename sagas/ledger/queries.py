@@ -65,7 +65,13 @@ class SagaRecords:
         return saga_from_row(row)
 
     def find_saga_by_flow_run(self, flow_run_id: uuid.UUID) -> SagaRun | None:
-        query = select(saga_runs).where(saga_runs.c.flow_run_id == flow_run_id)
+        """The newest saga this flow run drives (a Retry after a rollback adds a newer one)."""
+        query = (
+            select(saga_runs)
+            .where(saga_runs.c.flow_run_id == flow_run_id)
+            .order_by(saga_runs.c.created_at.desc())
+            .limit(1)
+        )
         row = self._read("find a flow run's saga", lambda c: c.execute(query).first())
         return None if row is None else saga_from_row(row)
 
@@ -144,6 +150,7 @@ class SagaRecords:
                 triggered_by=new.triggered_by,
                 flow_run_id=new.flow_run_id,
                 options=new.options,
+                retry_of=new.retry_of,
             )
             .on_conflict_do_nothing(index_elements=[saga_runs.c.id])
             .returning(saga_runs)

@@ -70,6 +70,8 @@ saga_runs = Table(
     Column("error", Text),
     # What the saga asks of its runner beyond its inputs (per-step timeouts); see SagaOptions.
     Column("options", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # The saga this one replaced: Prefect's Retry of a run whose saga had rolled back.
+    Column("retry_of", UUID(as_uuid=True)),
     # The one-runner rule: a lease with an owner, an expiry and a fencing epoch that grows on
     # every claim, so a runner that lost its lease can never write again.
     Column("lease_owner", UUID(as_uuid=True)),
@@ -91,6 +93,7 @@ saga_runs = Table(
     ),
 )
 Index("saga_runs_created_idx", saga_runs.c.created_at.desc(), saga_runs.c.id)
+Index("saga_runs_flow_run_idx", saga_runs.c.flow_run_id, saga_runs.c.created_at.desc())
 Index("saga_runs_status_created_idx", saga_runs.c.status, saga_runs.c.created_at.desc())
 Index("saga_runs_kind_created_idx", saga_runs.c.kind, saga_runs.c.created_at.desc())
 Index(

@@ -1,0 +1,44 @@
+"""What became of a saga, in one line a person reads: the CLI's last word, a flow run's state message
+and final log line, the artifacts' heading. Built from the ledger only, so every place says the
+same thing, and it never says more than the ledger knows.
+"""
+
+from __future__ import annotations
+
+from sagas.models import SagaRun, SagaStatus, StepResult, StepStatus
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def outcome_line(saga: SagaRun, steps: list[StepResult]) -> str:
+    """``saga 1f2e... rolled back: 1 step undone, nothing left (step fail failed: ...)``."""
+    head = f"{saga.kind} saga {saga.id}"
+    done = [s for s in steps if s.status is StepStatus.COMPLETED]
+    skipped = [s for s in steps if s.status is StepStatus.SKIPPED]
+    undone = [s for s in steps if s.compensated_at is not None and s.compensation_attempts > 0]
+    why = f" ({saga.error})" if saga.error else ""
+    if saga.status is SagaStatus.COMPLETED:
+        extra = f", {_plural(len(skipped), 'step')} skipped" if skipped else ""
+        late = (
+            "; a cancel arrived past its point of no return, so it finished forward"
+            if saga.cancel_requested
+            else ""
+        )
+        return f"{head} completed: {_plural(len(done), 'step')} done{extra}{late}"
+    if saga.status is SagaStatus.ROLLED_BACK:
+        return f"{head} rolled back: {_plural(len(undone), 'step')} undone, nothing left{why}"
+    if saga.status is SagaStatus.COMPENSATION_FAILED:
+        return (
+            f"{head} compensation_failed: an undo kept failing{why}; fix the cause, then"
+            f" `sagas retry-compensation {saga.id}` (or `sagas resolve {saga.id} --note ...`)"
+        )
+    if saga.status is SagaStatus.FAILED:
+        return (
+            f"{head} failed past its point of no return{why}; fix the cause, then"
+            f" `sagas resume {saga.id}` finishes it forward"
+        )
+    if saga.status is SagaStatus.RESOLVED:
+        return f"{head} was resolved by hand by {saga.resolved_by}: {saga.resolution_note}"
+    return f"{head} is {saga.status.value}{why}"
