@@ -33,12 +33,11 @@ def run_flow(
     """
     from flows import flow_for
 
-    flow, parameters_model = flow_for(kind)
-    params: dict[str, Any] = {**inputs, "saga_id": saga_id, "triggered_by": triggered_by}
-    if kind == "test":
-        params["steps"] = steps
+    parameters: dict[str, Any] = {**inputs, "saga_id": saga_id, "triggered_by": triggered_by}
+    if application.catalog.kind(kind).steps is None:  # the caller chose the steps (test kind)
+        parameters["steps"] = steps
     try:
-        flow(parameters_model(**params))
+        flow_for(kind)(**parameters)
     except (SagaBusyError, ResourceBusyError, InputError):
         raise
     except SagaError as exc:

@@ -14,35 +14,17 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from app.wiring import build_app
+from flows.parameters import SagaRunFields, saga_flow_function
 from flows.runbook import RUNBOOK
 from flows.visibility import publish
 from sagas.errors import InputError, ResourceBusyError, SagaBusyError, SagaError
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun, SagaStatus
 from sagas.runner import Mode, Runner
+from sagas.steps import Catalog
 
 _log = logging.getLogger("sagas.flows")
-
-
-class SagaRunFields(BaseModel):
-    """Parameters every saga flow takes besides the kind's own inputs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    saga_id: uuid.UUID | None = Field(
-        default=None, description="Give an id to make a double submission start one saga, not two."
-    )
-    triggered_by: str = Field(default="manual", min_length=1, max_length=200, description="Who asked.")
-    deployment_id: str | None = Field(
-        default=None, max_length=200, description="The customer deployment this saga works for."
-    )
-
-    def saga_inputs(self) -> dict[str, Any]:
-        """The kind's inputs: every field but the run fields (and ``steps``, for the test kind)."""
-        return self.model_dump(exclude={*SagaRunFields.model_fields, "steps"}, exclude_none=True, mode="json")
 
 
 class SagaDidNotComplete(SagaError):
@@ -188,8 +170,13 @@ SAGA_HOOKS: dict[str, Any] = {
 }
 
 
-def saga_flow(kind: str, parameters: type[SagaRunFields], description: str) -> Any:
-    """The Prefect flow of one saga kind: typed parameters in, the saga's summary out."""
+def saga_flow(kind: str, description: str, registry: Catalog | None = None) -> Any:
+    """The Prefect flow of one saga kind: its inputs as flat, typed parameters in, the summary out.
+
+    The parameters come from the registry's inputs model (``flows.parameters``), so the run form,
+    the REST body and the server's schema check all say what the runner accepts. ``registry``
+    replaces the product's registry (a benchmark with steps of its own).
+    """
     from prefect import flow
 
     def run(params: SagaRunFields) -> dict[str, Any]:
@@ -202,8 +189,5 @@ def saga_flow(kind: str, parameters: type[SagaRunFields], description: str) -> A
             deployment_id=params.deployment_id,
         )
 
-    # Prefect builds the deployment's parameter form from this annotation.
-    run.__annotations__["params"] = parameters
-    run.__name__ = run.__qualname__ = kind
-    run.__doc__ = description
-    return flow(name=kind, description=description, log_prints=False, **SAGA_HOOKS)(run)
+    function = saga_flow_function(kind, run, description, registry)
+    return flow(name=kind, description=description, log_prints=False, **SAGA_HOOKS)(function)
