@@ -36,11 +36,10 @@ def run_flow(
 
     from flows import flow_for
 
-    flow, parameters_model = flow_for(kind)
-    params: dict[str, Any] = {**inputs, "saga_id": saga_id, "triggered_by": triggered_by}
-    if kind == "test":
-        params["steps"] = steps
-    state = flow(parameters_model(**params), return_state=True)
+    parameters: dict[str, Any] = {**inputs, "saga_id": saga_id, "triggered_by": triggered_by}
+    if application.catalog.kind(kind).steps is None:  # the caller chose the steps (test kind)
+        parameters["steps"] = steps
+    state = flow_for(kind)(**parameters, return_state=True)
     if not state.is_completed():
         try:
             state.result()  # the body's own exception, if it raised one

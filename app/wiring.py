@@ -101,6 +101,16 @@ def secret_block_token(settings: Settings, purpose: TokenPurpose) -> SecretStr |
     return check_token(str(value), f"the Prefect Secret block {block!r}")
 
 
+def flow_parameters(saga: SagaRun) -> dict[str, Any]:
+    """The parameters of the saga's flow, flat as the flow takes them: its inputs, then bookkeeping."""
+    parameters: dict[str, Any] = {**saga.inputs, "saga_id": str(saga.id), "triggered_by": saga.triggered_by}
+    if saga.deployment_id is not None:
+        parameters["deployment_id"] = saga.deployment_id
+    if _catalog_factory().kind(saga.kind).steps is None:  # the caller chose the steps (test kind)
+        parameters["steps"] = list(saga.step_names)
+    return parameters
+
+
 def launch_on_deployment(saga: SagaRun) -> None:
     """Start the saga's flow run on its kind's deployment (``<kind>/<kind>`` in prefect.yaml).
 
@@ -108,14 +118,9 @@ def launch_on_deployment(saga: SagaRun) -> None:
     """
     from prefect.deployments import run_deployment
 
-    params: dict[str, Any] = {**saga.inputs, "saga_id": str(saga.id), "triggered_by": saga.triggered_by}
-    if saga.deployment_id is not None:
-        params["deployment_id"] = saga.deployment_id
-    if saga.kind == "test":
-        params["steps"] = list(saga.step_names)
     run_deployment(
         f"{saga.kind}/{saga.kind}",
-        parameters={"params": params},
+        parameters=flow_parameters(saga),
         timeout=0,
         idempotency_key=f"saga-{saga.id}",
     )

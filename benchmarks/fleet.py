@@ -65,7 +65,7 @@ def run(mode: str) -> list[Any]:
                 import tasks.waiting
 
                 tasks.waiting.TYPICAL.enabled = False  # the original: poll at once, then every 5 s
-            from flows.fleet import FleetParameters, fleet_snapshot
+            from flows.fleet import fleet_snapshot
 
             # Start in steady state: spend the first minute's allowance evenly, as a fleet that has been
             # running for a while would have, so the window holds no unspent burst of 250 requests.
@@ -80,7 +80,7 @@ def run(mode: str) -> list[Any]:
             warm.close()
             before = simulator_counters(sim_url)
             t0 = time.time()
-            result = fleet_snapshot(FleetParameters(tag=tag, max_concurrency=CONCURRENCY))
+            result = fleet_snapshot(tag=tag, max_concurrency=CONCURRENCY)
             wall = time.time() - t0
             counters = simulator_counters(sim_url)
             from sqlalchemy import text

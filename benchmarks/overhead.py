@@ -1,9 +1,9 @@
 """Orchestration overhead: a saga of N no-op steps through our flow, against N plain Prefect tasks.
 
 Both run in this process against the same Prefect server (on Postgres), alternating, after
-warm-up. "Our flow" is the product's ``test`` flow (``flows.testing.test_saga``: ``run_saga_flow``,
-the ledger, the runner, each step a Prefect task via ``invoke_as_task``, the saga artifact and
-event) with the catalog swapped for one that also has ``noop_0`` .. ``noop_<N-1>``. The plain flow
+warm-up. "Our flow" is the product's ``test`` flow (``flows.saga_flow.saga_flow("test", ...)``:
+``run_saga_flow``, the ledger, the runner, each step a Prefect task via ``invoke_as_task``, the saga
+artifact and event) with the catalog swapped for one that also has ``noop_0`` .. ``noop_<N-1>``. The plain flow
 calls N distinct ``@task`` no-ops with the same task options (no cache, no persisted result).
 """
 
@@ -34,9 +34,11 @@ def run() -> list[Any]:
 
     from app.wiring import use_catalog
     from benchmarks.catalog import bench_catalog, noop_names
-    from flows.testing import test_saga
+    from flows.saga_flow import saga_flow
 
     use_catalog(bench_catalog)  # every App built from here on knows noop_0 .. noop_<N-1>
+    # The product's test flow, built by the same factory, offering the benchmark's steps too.
+    test_saga = saga_flow("test", "Run registered steps (benchmark).", bench_catalog())
     names = noop_names(N)
 
     def make_task(i: int) -> Any:
@@ -58,7 +60,7 @@ def run() -> list[Any]:
 
     def ours() -> float:
         t0 = time.perf_counter()
-        result = test_saga(params={"steps": names})
+        result = test_saga(steps=names)
         elapsed = time.perf_counter() - t0
         assert result["status"] == "completed", result
         return elapsed

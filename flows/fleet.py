@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow
 from prefect.runtime import flow_run
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from app.wiring import App, build_app
+from flows.parameters import flat_function
 from sagas.errors import ResourceBusyError, SagaBusyError, SagaError
+from sagas.fields import DropletTag, SnapshotLabel, TriggeredBy
 from sagas.runner import Mode
 from sagas.settings import TokenPurpose
 
@@ -25,16 +27,22 @@ _FLEET_NAMESPACE = uuid.UUID("5d6c8f7e-3a57-4c4b-9d55-7a1f0e0c2b11")
 
 
 class FleetParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """The fleet flow's parameters (flat in its signature, ``flows.parameters``)."""
 
-    tag: str = Field(
-        pattern=r"^[a-zA-Z0-9_\-:]{1,255}$", description="Snapshot every droplet carrying this tag."
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tag: DropletTag = Field(title="Droplet tag", description="Snapshot every droplet carrying this tag.")
+    max_concurrency: Annotated[int, Strict()] = Field(
+        default=5,
+        ge=1,
+        le=50,
+        title="Sagas at once",
+        description="How many snapshot sagas run at once (1-50).",
     )
-    max_concurrency: int = Field(default=5, ge=1, le=50, description="Sagas running at once.")
-    label: str | None = Field(
-        default="nightly", pattern=r"^[a-z0-9][a-z0-9-]{0,39}$", description="Snapshot name suffix."
+    label: SnapshotLabel | None = Field(
+        default="nightly", title="Snapshot label", description="Suffix for every snapshot's name."
     )
-    triggered_by: str = Field(default="schedule:fleet-snapshot", min_length=1, max_length=200)
+    triggered_by: TriggeredBy = Field(default="schedule:fleet-snapshot", title="Triggered by")
 
 
 def _snapshot_one(app: App, params: FleetParameters, droplet_id: int, run_key: str) -> dict[str, Any]:
@@ -77,8 +85,7 @@ def _tally(counts: dict[str, int], total: int) -> str:
     return f"{done} done, {rolled_back} rolled back, {other} failed or skipped, of {total} droplets"
 
 
-@flow(name="fleet-snapshot", log_prints=False)
-def fleet_snapshot(params: FleetParameters) -> dict[str, Any]:
+def _fleet_snapshot(params: FleetParameters) -> dict[str, Any]:
     """Snapshot every droplet with the tag; a table artifact lists each droplet's outcome."""
     from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
@@ -118,3 +125,15 @@ def fleet_snapshot(params: FleetParameters) -> dict[str, Any]:
     if counts.get("completed", 0) != len(droplets):
         raise SagaError(f"fleet snapshot of {params.tag}: not every droplet completed ({counts})")
     return {"droplets": len(droplets), "outcomes": counts}
+
+
+fleet_snapshot = flow(name="fleet-snapshot", log_prints=False)(
+    flat_function(
+        FleetParameters,
+        _fleet_snapshot,
+        module=__name__,
+        name="fleet_snapshot",
+        description="Snapshot every droplet with the tag; a table artifact lists each droplet's outcome.",
+        last=("triggered_by",),
+    )
+)

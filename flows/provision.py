@@ -1,17 +1,13 @@
-"""The provision saga. Create a droplet (tagged with the saga) and its DNS record; undone in reverse on failure."""
+"""The provision saga. Create a droplet (tagged with the saga) and its DNS record; undone in reverse on failure.
+
+Its parameters are the registry's inputs of the kind, flat (``flows.parameters``).
+"""
 
 from __future__ import annotations
 
-from flows.saga_flow import SagaRunFields, saga_flow
-from tasks.registry import ProvisionInputs
-
-
-class ProvisionParameters(ProvisionInputs, SagaRunFields):
-    """Inputs named as DigitalOcean names things, plus the saga run's own fields."""
-
+from flows.saga_flow import saga_flow
 
 provision = saga_flow(
     "provision",
-    ProvisionParameters,
     "Create a droplet (tagged with the saga) and its DNS record; undone in reverse on failure.",
 )

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
+from pydantic import Field, Strict
 
 from app.wiring import build_app
 from flows.body import drive_from_elsewhere
@@ -37,8 +38,16 @@ def _tell_its_run(saga: SagaRun, line: str) -> None:
 
 
 @flow(name="recovery-sweep", log_prints=False)
-def recovery_sweep(limit: int = 100) -> dict[str, Any]:
-    """Resume or roll back sagas whose lease expired (at most ``limit`` a sweep); publish their ledgers."""
+def recovery_sweep(
+    limit: Annotated[
+        int, Strict(), Field(ge=1, le=10_000, json_schema_extra={"title": "Sagas a sweep"})
+    ] = 100,
+) -> dict[str, Any]:
+    """Resume or roll back sagas whose lease expired (at most ``limit`` a sweep); publish their ledgers.
+
+    Args:
+        limit: The most sagas one sweep finishes (1-10000); the next sweep takes the rest.
+    """
     from tasks.prefect_steps import invoke_as_task
 
     app = build_app()

@@ -1,13 +1,10 @@
-"""The resume saga. Power a droplet on."""
+"""The resume saga. Power a droplet on.
+
+Its parameters are the registry's inputs of the kind, flat (``flows.parameters``).
+"""
 
 from __future__ import annotations
 
-from flows.saga_flow import SagaRunFields, saga_flow
-from tasks.registry import ResumeInputs
+from flows.saga_flow import saga_flow
 
-
-class ResumeParameters(ResumeInputs, SagaRunFields):
-    """Inputs named as DigitalOcean names things, plus the saga run's own fields."""
-
-
-resume = saga_flow("resume", ResumeParameters, "Power a droplet on.")
+resume = saga_flow("resume", "Power a droplet on.")

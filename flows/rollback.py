@@ -1,17 +1,13 @@
-"""The rollback saga. Safety snapshot, power off, restore from a snapshot (point of no return), power on."""
+"""The rollback saga. Safety snapshot, power off, restore from a snapshot (point of no return), power on.
+
+Its parameters are the registry's inputs of the kind, flat (``flows.parameters``).
+"""
 
 from __future__ import annotations
 
-from flows.saga_flow import SagaRunFields, saga_flow
-from tasks.registry import RollbackInputs
-
-
-class RollbackParameters(RollbackInputs, SagaRunFields):
-    """Inputs named as DigitalOcean names things, plus the saga run's own fields."""
-
+from flows.saga_flow import saga_flow
 
 rollback = saga_flow(
     "rollback",
-    RollbackParameters,
     "Safety snapshot, power off, restore from a snapshot (point of no return), power on.",
 )

@@ -1,5 +1,5 @@
-"""A saga kind's Prefect flow: its parameters, the shared body (``flows.body``) and hooks
-(``flows.hooks``).
+"""A saga kind's Prefect flow: flat parameters from the registry (``flows.parameters``), the shared
+body (``flows.body``) and the hooks (``flows.hooks``).
 
 Every path (the flow body, on_failure, on_cancellation, on_crashed, the recovery sweep) ends in
 ``Runner.advance`` on the same ledger, so a saga rolls back the same way whoever notices first.
@@ -7,35 +7,21 @@ Every path (the flow body, on_failure, on_cancellation, on_crashed, the recovery
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from flows.body import run_saga_flow
 from flows.hooks import SAGA_HOOKS
+from flows.parameters import SagaRunFields, saga_flow_function
+from sagas.steps import Catalog
 
 
-class SagaRunFields(BaseModel):
-    """Parameters every saga flow takes besides the kind's own inputs."""
+def saga_flow(kind: str, description: str, registry: Catalog | None = None) -> Any:
+    """The Prefect flow of one saga kind: its inputs as flat, typed parameters in, the outcome out.
 
-    model_config = ConfigDict(extra="forbid")
-
-    saga_id: uuid.UUID | None = Field(
-        default=None, description="Give an id to make a double submission start one saga, not two."
-    )
-    triggered_by: str = Field(default="manual", min_length=1, max_length=200, description="Who asked.")
-    deployment_id: str | None = Field(
-        default=None, max_length=200, description="The customer deployment this saga works for."
-    )
-
-    def saga_inputs(self) -> dict[str, Any]:
-        """The kind's inputs: every field but the run fields (and ``steps``, for the test kind)."""
-        return self.model_dump(exclude={*SagaRunFields.model_fields, "steps"}, exclude_none=True, mode="json")
-
-
-def saga_flow(kind: str, parameters: type[SagaRunFields], description: str) -> Any:
-    """The Prefect flow of one saga kind: typed parameters in, the saga's summary out."""
+    The parameters come from the registry's inputs model (``flows.parameters``), so the run form,
+    the REST body and the server's schema check all say what the runner accepts. ``registry``
+    replaces the product's registry (a benchmark with steps of its own).
+    """
     from prefect import flow
 
     def run(params: SagaRunFields) -> Any:
@@ -48,8 +34,5 @@ def saga_flow(kind: str, parameters: type[SagaRunFields], description: str) -> A
             deployment_id=params.deployment_id,
         )
 
-    # Prefect builds the deployment's parameter form from this annotation.
-    run.__annotations__["params"] = parameters
-    run.__name__ = run.__qualname__ = kind
-    run.__doc__ = description
-    return flow(name=kind, description=description, log_prints=False, **SAGA_HOOKS)(run)
+    function = saga_flow_function(kind, run, description, registry)
+    return flow(name=kind, description=description, log_prints=False, **SAGA_HOOKS)(function)

@@ -1,15 +1,10 @@
-"""The snapshot saga: one droplet snapshot, deleted again if the saga rolls back."""
+"""The snapshot saga: one droplet snapshot, deleted again if the saga rolls back.
+
+Its parameters are the registry's inputs of the kind, flat (``flows.parameters``).
+"""
 
 from __future__ import annotations
 
-from flows.saga_flow import SagaRunFields, saga_flow
-from tasks.registry import SnapshotKindInputs
+from flows.saga_flow import saga_flow
 
-
-class SnapshotParameters(SnapshotKindInputs, SagaRunFields):
-    """``droplet_id`` and an optional ``label``, named as DigitalOcean names things."""
-
-
-snapshot = saga_flow(
-    "snapshot", SnapshotParameters, "Snapshot one droplet; deleted again if the saga rolls back."
-)
+snapshot = saga_flow("snapshot", "Snapshot one droplet; deleted again if the saga rolls back.")

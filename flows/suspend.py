@@ -1,13 +1,10 @@
-"""The suspend saga. Snapshot a droplet, then power it off."""
+"""The suspend saga. Snapshot a droplet, then power it off.
+
+Its parameters are the registry's inputs of the kind, flat (``flows.parameters``).
+"""
 
 from __future__ import annotations
 
-from flows.saga_flow import SagaRunFields, saga_flow
-from tasks.registry import SuspendInputs
+from flows.saga_flow import saga_flow
 
-
-class SuspendParameters(SuspendInputs, SagaRunFields):
-    """Inputs named as DigitalOcean names things, plus the saga run's own fields."""
-
-
-suspend = saga_flow("suspend", SuspendParameters, "Snapshot a droplet, then power it off.")
+suspend = saga_flow("suspend", "Snapshot a droplet, then power it off.")

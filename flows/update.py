@@ -1,13 +1,10 @@
-"""The update saga. Snapshot, power off, resize, power on a droplet."""
+"""The update saga. Snapshot, power off, resize, power on a droplet.
+
+Its parameters are the registry's inputs of the kind, flat (``flows.parameters``).
+"""
 
 from __future__ import annotations
 
-from flows.saga_flow import SagaRunFields, saga_flow
-from tasks.registry import UpdateInputs
+from flows.saga_flow import saga_flow
 
-
-class UpdateParameters(UpdateInputs, SagaRunFields):
-    """Inputs named as DigitalOcean names things, plus the saga run's own fields."""
-
-
-update = saga_flow("update", UpdateParameters, "Snapshot, power off, resize, power on a droplet.")
+update = saga_flow("update", "Snapshot, power off, resize, power on a droplet.")

@@ -11,7 +11,10 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from sagas.errors import InputError
+from sagas.fields import EXAMPLE_SAGA_ID, CustomerDeploymentId, SagaId
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun, SagaStatus, StepResult
 from sagas.steps import Catalog
@@ -19,13 +22,20 @@ from sagas.steps import Catalog
 Launcher = Callable[[SagaRun], None]
 
 
+_SAGA_ID: TypeAdapter[uuid.UUID] = TypeAdapter(SagaId)
+_DEPLOYMENT_ID: TypeAdapter[str] = TypeAdapter(CustomerDeploymentId)
+
+
 def parse_saga_id(value: str | uuid.UUID) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
+    """A saga id: a UUID, or its canonical text exactly (nothing stripped, never empty)."""
     try:
-        return uuid.UUID(str(value).strip())
-    except ValueError:
-        raise InputError(f"{value!r} is not a saga id: a saga id is a UUID (see `sagas list`)") from None
+        return _SAGA_ID.validate_python(value)
+    except ValidationError:
+        # Quoted only when short and printable: a long value may be a token pasted in the wrong place.
+        shown = repr(value) if isinstance(value, str) and len(value) <= 40 and value.isprintable() else "that"
+        raise InputError(
+            f"{shown} is not a saga id: a saga id is a UUID such as {EXAMPLE_SAGA_ID} (see `sagas list`)"
+        ) from None
 
 
 class Provisioning:
@@ -59,6 +69,10 @@ class Provisioning:
             triggered_by=triggered_by,
             deployment_id=deployment_id,
         )
+        if flow_run_id is not None and not isinstance(flow_run_id, uuid.UUID):
+            raise InputError("flow_run_id must be a UUID (the Prefect flow run's id)")
+        if retry_of is not None and not isinstance(retry_of, uuid.UUID):
+            raise InputError("retry_of must be a UUID (the id of the saga it replaces)")
         if flow_run_id is not None or retry_of is not None:
             new = new.model_copy(update={"flow_run_id": flow_run_id, "retry_of": retry_of})
         saga, _created = self.ledger.create_saga(new)
@@ -90,7 +104,7 @@ class Provisioning:
 
     def snapshot_droplet(
         self,
-        droplet_id: int | str,
+        droplet_id: int,
         *,
         label: str | None = None,
         triggered_by: str = "manual",
@@ -121,6 +135,11 @@ class Provisioning:
                 ) from None
         if kind is not None:
             self.catalog.kind(kind)
+        if deployment_id is not None:
+            try:
+                _DEPLOYMENT_ID.validate_python(deployment_id)
+            except ValidationError as exc:
+                raise InputError(f"bad deployment id: {exc.errors()[0]['msg']}") from None
         if limit is not None and not 1 <= limit <= 10_000:
             raise InputError("limit must be between 1 and 10000")
         return self.ledger.list_sagas(status=status, kind=kind, deployment_id=deployment_id, limit=limit)

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from sagas.errors import InputError, SagaCancelledError, StepTimeoutError, UnknownKindError, UnknownStepError
+from sagas.fields import CustomerDeploymentId, SagaId, TriggeredBy, validated
 from sagas.in_doubt import Lookup
 from sagas.models import NewSaga, Reversibility, SagaOptions
 from sagas.services import Services
@@ -187,19 +188,30 @@ class Catalog:
         inputs: Mapping[str, Any],
         *,
         steps: Iterable[str] | None = None,
-        saga_id: uuid.UUID | None = None,
+        saga_id: uuid.UUID | str | None = None,
         triggered_by: str = "manual",
         deployment_id: str | None = None,
         options: SagaOptions | Mapping[str, Any] | None = None,
     ) -> NewSaga:
-        """Validate a request completely, before anything is written; raise InputError if bad."""
+        """Validate a request completely, before anything is written; raise InputError if bad.
+
+        Every entrance (the CLI, the flows' parameters, the Python API) ends here, so these are
+        the rules whoever asks: strict types (``sagas.fields``), nothing coerced, nothing stripped.
+        """
+        if not isinstance(kind_name, str):
+            raise InputError(f"a saga kind is a name, not a {type(kind_name).__name__}")
         kind = self.kind(kind_name)
+        fields = _validate(
+            _RequestFields,
+            {"saga_id": saga_id, "triggered_by": triggered_by, "deployment_id": deployment_id},
+            "saga request",
+        )
         if kind.steps is None:
-            step_names = tuple(steps or ())
+            step_names = _step_names(steps)
             if not step_names:
                 raise InputError(f"the {kind.name} kind needs --steps, e.g. create_droplet_snapshot,fail")
         else:
-            if steps is not None and tuple(steps) != kind.steps:
+            if steps is not None and _step_names(steps) != kind.steps:
                 raise InputError(
                     f"the {kind.name} kind runs {', '.join(kind.steps)}; --steps is only for the test kind"
                 )
@@ -211,8 +223,6 @@ class Catalog:
         for definition in definitions:
             if definition.inputs_model is not None:
                 _validate(definition.inputs_model, validated, f"inputs for step {definition.name}")
-        if not triggered_by or len(triggered_by) > 200:
-            raise InputError("triggered_by must be 1-200 characters")
         raw_options = options.model_dump() if isinstance(options, SagaOptions) else dict(options or {})
         checked = {k: v for k, v in _validate(SagaOptions, raw_options, "saga options").items() if v}
         unknown = set(checked.get("step_timeouts", {})) - set(step_names)
@@ -221,16 +231,38 @@ class Catalog:
                 f"step_timeouts names steps this saga does not run: {', '.join(sorted(unknown))}"
             )
         return NewSaga(
-            id=saga_id or uuid.uuid4(),
+            id=uuid.UUID(fields["saga_id"]) if "saga_id" in fields else uuid.uuid4(),
             kind=kind.name,
             step_names=step_names,
             definition_version=kind.version,
             inputs=validated,
-            deployment_id=deployment_id,
-            triggered_by=triggered_by,
+            deployment_id=fields.get("deployment_id"),
+            triggered_by=fields["triggered_by"],
             resource=kind.resource(validated),
             options=checked,
         )
+
+
+class _RequestFields(BaseModel):
+    """What a saga request carries besides the kind's inputs (the flows' bookkeeping parameters)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    saga_id: SagaId | None = None
+    triggered_by: TriggeredBy
+    deployment_id: CustomerDeploymentId | None = None
+
+
+def _step_names(steps: Iterable[str] | None) -> tuple[str, ...]:
+    if steps is None:
+        return ()
+    if isinstance(steps, str | bytes) or not isinstance(steps, Iterable):
+        raise InputError("steps must be a list of step names, e.g. ['create_droplet_snapshot', 'fail']")
+    names = tuple(steps)
+    for name in names:
+        if not isinstance(name, str):
+            raise InputError(f"a step is named by a string, not a {type(name).__name__}")
+    return names
 
 
 def droplet_resource(inputs: Mapping[str, Any]) -> str | None:
@@ -239,12 +271,4 @@ def droplet_resource(inputs: Mapping[str, Any]) -> str | None:
 
 
 def _validate(model: type[BaseModel], inputs: Mapping[str, Any], what: str) -> dict[str, Any]:
-    if not isinstance(inputs, Mapping):
-        raise InputError(f"{what} must be a JSON object")
-    try:
-        return model.model_validate(dict(inputs)).model_dump(mode="json", exclude_none=True)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'inputs'}: {err['msg']}" for err in exc.errors()
-        )
-        raise InputError(f"bad {what}: {problems}") from None
+    return validated(model, inputs, what).model_dump(mode="json", exclude_none=True)

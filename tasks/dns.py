@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from sagas.digitalocean.client import DigitalOceanClient
 from sagas.digitalocean.models import DomainRecord, DomainRecordCreateRequest
@@ -20,19 +20,15 @@ from sagas.errors import (
     ProviderNotFoundError,
     ProviderResponseError,
 )
+from sagas.fields import Domain, Hostname
 from sagas.steps import KeyScope, StepContext, StepDefinition
-
-HOSTNAME = r"^(@|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$"
-DOMAIN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 
 
 class DnsInputs(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    domain: str | None = Field(default=None, pattern=DOMAIN, description="A domain managed at DigitalOcean.")
-    hostname: str | None = Field(
-        default=None, pattern=HOSTNAME, description="The record's name, e.g. www or @."
-    )
+    domain: Domain | None = None
+    hostname: Hostname | None = None
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> DnsInputs:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from sagas.digitalocean.client import DigitalOceanClient
 from sagas.digitalocean.models import (
@@ -33,41 +33,48 @@ from sagas.errors import (
     ProviderRejectedError,
     ProviderResponseError,
 )
+from sagas.fields import (
+    COMMON_SIZES,
+    DropletId,
+    DropletName,
+    ImageSlug,
+    RegionSlug,
+    SizeSlug,
+    SnapshotId,
+)
 from sagas.in_doubt import Found, Lookup
 from sagas.models import Reversibility
 from sagas.steps import KeyScope, StepContext, StepDefinition
 from tasks.actions import find_our_action, perform_droplet_action, wait_for_action
 from tasks.waiting import wait_until
 
-DROPLET_NAME = r"^[a-zA-Z0-9]([a-zA-Z0-9.\-]{0,253}[a-zA-Z0-9])?$"
-SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
-_DROPLET_ID = Field(gt=0, lt=2**53, description="The DigitalOcean droplet id (a number).")
-
 
 class DropletInputs(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    droplet_id: int = _DROPLET_ID
+    droplet_id: DropletId
 
 
 class CreateDropletInputs(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    name: str = Field(pattern=DROPLET_NAME, description="Droplet name (also its hostname).")
-    region: str = Field(pattern=SLUG, description="Region slug, e.g. nyc3.")
-    size: str = Field(pattern=SLUG, description="Size slug, e.g. s-1vcpu-1gb.")
-    image: str = Field(pattern=SLUG, description="Image slug, e.g. ubuntu-24-04-x64.")
+    name: DropletName
+    region: RegionSlug
+    size: SizeSlug
+    image: ImageSlug
 
 
 class ResizeInputs(DropletInputs):
-    size: str = Field(pattern=SLUG, description="The new size slug.")
-    resize_disk: bool = Field(
+    size: SizeSlug = Field(
+        description="The new size slug, e.g. s-2vcpu-4gb. Common: " + ", ".join(COMMON_SIZES) + "."
+    )
+    resize_disk: StrictBool = Field(
         default=False, description="Grow the disk too: permanent, so the resize becomes a pivot."
     )
 
 
 class RestoreInputs(DropletInputs):
-    snapshot_id: int = Field(gt=0, lt=2**53, description="Id of the droplet snapshot to restore.")
+    snapshot_id: SnapshotId = Field(description="Id of the droplet snapshot to restore.")
 
 
 def droplet_id_of(ctx: StepContext) -> int:

@@ -23,8 +23,19 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from sagas.fields import (
+    Domain,
+    DropletId,
+    DropletName,
+    Hostname,
+    ImageSlug,
+    RegionSlug,
+    SizeSlug,
+    SnapshotId,
+    SnapshotLabel,
+)
 from sagas.steps import Catalog, KindDefinition, droplet_resource
 from tasks.basic import FAIL, FLAKY, NOOP
 from tasks.dns import CREATE_DNS_RECORD, DELETE_DNS_RECORD, DnsInputs
@@ -76,20 +87,24 @@ class OffboardInputs(SnapshotInputs, DnsInputs):
 class TestKindInputs(BaseModel):
     """The test kind passes its inputs to whichever steps it runs; each step checks its own."""
 
-    model_config = _FORBID
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    droplet_id: int | None = Field(default=None, gt=0, lt=2**53, description="For steps on a droplet.")
-    label: str | None = Field(
-        default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,39}$", description="Snapshot name suffix."
+    droplet_id: DropletId | None = Field(default=None, description="For steps on a droplet.")
+    label: SnapshotLabel | None = Field(default=None, description="create_droplet_snapshot: name suffix.")
+    name: DropletName | None = Field(default=None, description="create_droplet: the droplet's name.")
+    region: RegionSlug | None = Field(default=None, description="create_droplet: region slug, e.g. nyc3.")
+    size: SizeSlug | None = Field(
+        default=None, description="create_droplet / resize_droplet: size slug, e.g. s-1vcpu-1gb."
     )
-    name: str | None = Field(default=None, description="create_droplet: the droplet's name.")
-    region: str | None = Field(default=None, description="create_droplet: region slug.")
-    size: str | None = Field(default=None, description="create_droplet / resize_droplet: size slug.")
-    image: str | None = Field(default=None, description="create_droplet: image slug.")
-    resize_disk: bool | None = Field(default=None, description="resize_droplet: grow the disk too (a pivot).")
-    snapshot_id: int | None = Field(default=None, gt=0, lt=2**53, description="restore_droplet: snapshot id.")
-    domain: str | None = Field(default=None, description="DNS steps: a domain managed at DigitalOcean.")
-    hostname: str | None = Field(default=None, description="DNS steps: the record's name, e.g. www.")
+    image: ImageSlug | None = Field(
+        default=None, description="create_droplet: image slug, e.g. ubuntu-24-04-x64."
+    )
+    resize_disk: StrictBool | None = Field(
+        default=None, description="resize_droplet: grow the disk too (a pivot)."
+    )
+    snapshot_id: SnapshotId | None = Field(default=None, description="restore_droplet: snapshot id.")
+    domain: Domain | None = Field(default=None, description="DNS steps: a domain managed at DigitalOcean.")
+    hostname: Hostname | None = Field(default=None, description="DNS steps: the record's name, e.g. www.")
 
 
 def _droplet_name_resource(inputs: Any) -> str | None:

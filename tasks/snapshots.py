@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from sagas.digitalocean.client import DigitalOceanClient
 from sagas.digitalocean.models import Snapshot, SnapshotActionRequest
 from sagas.errors import ProviderNotFoundError
+from sagas.fields import DropletId, SnapshotLabel
 from sagas.models import Reversibility
 from sagas.steps import KeyScope, StepContext, StepDefinition
 from tasks.actions import find_our_action, perform_droplet_action, wait_for_action
@@ -29,14 +30,10 @@ from tasks.waiting import wait_until
 class SnapshotInputs(BaseModel):
     """Inputs of a droplet snapshot, named as DigitalOcean names them."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    droplet_id: int = Field(gt=0, lt=2**53, description="The DigitalOcean droplet id (a number).")
-    label: str | None = Field(
-        default=None,
-        pattern=r"^[a-z0-9][a-z0-9-]{0,39}$",
-        description="Optional suffix for the snapshot name: lowercase letters, digits and dashes.",
-    )
+    droplet_id: DropletId
+    label: SnapshotLabel | None = None
 
 
 def snapshot_name(scope: KeyScope) -> str:

@@ -14,7 +14,8 @@ What ``prefect_live`` starts, as an operator would (README / prefect.yaml):
   temporary directory, analytics off;
 - the ``sagas`` process work pool (the same API call ``prefect work-pool create sagas --type
   process`` makes, made in-process: the CLI would cost ~5 s of start-up for one request);
-- ``prefect deploy --all`` from the repository's prefect.yaml (SAGAS_PROJECT_DIR = repo root);
+- ``prefect deploy --all`` from the repository's prefect.yaml (SAGAS_PROJECT_DIR = repo root),
+  then ``deployments.seal`` (unknown parameter names refused), in-process;
 - ``prefect worker start --pool sagas`` with the module's SAGAS_* settings (ledger, simulator,
   token, fast polls) and 1 s poll intervals, started while the deployments are being created.
 
@@ -369,6 +370,11 @@ def _deploy(live: LivePrefect) -> None:
         )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"prefect deploy --all failed ({done.returncode}):\n{_tail(log)}")
+    # What `python -m deployments.seal` does after every deploy, in-process (no CLI start-up).
+    from deployments.seal import seal
+
+    with live.client() as client:
+        seal(client)
 
 
 @contextlib.contextmanager

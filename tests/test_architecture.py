@@ -173,7 +173,7 @@ def test_the_registry_is_the_one_list_of_kinds() -> None:
     deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     by_name = {d["name"]: d["entrypoint"] for d in deployments}
     for kind in kinds:
-        module, attribute, _parameters = FLOWS[kind]
+        module, attribute = FLOWS[kind]
         assert by_name.get(kind) == f"{module.replace('.', '/')}.py:{attribute}", kind
     scheduled = {"recovery-sweep", "fleet-snapshot", "finish-saga"}
     assert set(by_name) - kinds == scheduled

@@ -280,9 +280,9 @@ def test_fleet_snapshot_stays_inside_the_rate_limit(
         for i in range(8)
     ]
     seed_droplet(sim, "not-in-the-fleet")
-    from flows.fleet import FleetParameters, fleet_snapshot
+    from flows.fleet import fleet_snapshot
 
-    result = fleet_snapshot(FleetParameters(tag="fleet", max_concurrency=8))
+    result = fleet_snapshot(tag="fleet", max_concurrency=8)
     assert result == {"droplets": 8, "outcomes": {"completed": 8}}
     counters = sim.get("/_sim/state").json()["counters"]
     assert counters["responses_429"] == 0

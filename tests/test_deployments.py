@@ -12,6 +12,7 @@ import yaml
 from sqlalchemy import text
 
 from sagas.ledger.store import Ledger
+from tasks.registry import catalog
 from tests.conftest import REPO, live_snapshots, seed_droplet
 from tests.prefect_live import LivePrefect, live_pids, prefect_live_fixture  # noqa: F401  (fixture `prefect_live`)
 from tests.test_kinds import expected_after, prepare, world
@@ -54,24 +55,71 @@ def test_deploy_all_created_each_deployment_of_prefect_yaml(prefect_live: LivePr
     assert deployment.parameter_openapi_schema["type"] == "object"
 
 
+BOOKKEEPING = {
+    "saga_id": "Saga id (makes a double submission one saga)",
+    "triggered_by": "Triggered by",
+    "deployment_id": "Customer deployment",
+}
+
+
 @pytest.mark.parametrize("kind", SAGA_KINDS)
-def test_saga_deployments_carry_a_documented_parameter_schema(prefect_live: LivePrefect, kind: str) -> None:
+def test_saga_deployments_take_their_inputs_flat_required_first_bookkeeping_last(
+    prefect_live: LivePrefect, kind: str
+) -> None:
+    from flows.parameters import parameters_model
+
     with prefect_live.client() as client:
         schema = client.read_deployment_by_name(f"{kind}/{kind}").parameter_openapi_schema
-    assert schema["required"] == ["params"]
-    model = schema["definitions"][schema["properties"]["params"]["$ref"].rsplit("/", 1)[1]]
-    assert model["additionalProperties"] is False
-    fields = model["properties"]
-    assert fields["saga_id"]["description"].startswith("Give an id")
-    assert {"type": "string", "format": "uuid"} in fields["saga_id"]["anyOf"]
-    undocumented = [name for name, f in fields.items() if not f.get("description")]
-    if kind == "test":  # the smoke-test kind: a grab bag of optional inputs each step checks itself
-        assert {"steps", "droplet_id"}.isdisjoint(undocumented)
-        return
-    assert undocumented == [], undocumented
-    if "droplet_id" in fields:
-        assert fields["droplet_id"]["description"] == "The DigitalOcean droplet id (a number)."
+    fields = schema["properties"]
+    assert set(fields) == set(parameters_model(kind).model_fields)  # no `params` wrapper
+    assert schema["additionalProperties"] is False  # sealed: unknown names are refused
+    in_form_order = sorted(fields, key=lambda name: fields[name]["position"])
+    required = schema.get("required", [])
+    assert in_form_order[: len(required)] == required
+    assert in_form_order[-3:] == list(BOOKKEEPING)
+    assert {name: fields[name]["title"] for name in BOOKKEEPING} == BOOKKEEPING
+    undocumented = [name for name, field in fields.items() if not field.get("description")]
+    assert undocumented == []
+    if kind == "test":
+        assert required == ["steps"]
+        assert fields["steps"]["items"]["enum"] == catalog().step_names
+    elif kind == "provision":
+        assert required == ["name", "region", "size", "image"]
+        assert "nyc3" in fields["region"]["examples"] and "nyc3" in fields["region"]["description"]
+        assert "s-1vcpu-1gb" in fields["size"]["examples"]
+        assert "ubuntu-24-04-x64" in fields["image"]["examples"]
+    else:
+        assert required[0] == "droplet_id"
+        assert fields["droplet_id"]["title"] == "Droplet id"
         assert fields["droplet_id"]["type"] == "integer"
+        assert fields["droplet_id"]["exclusiveMinimum"] == 0
+
+
+def test_the_fleet_deployment_takes_flat_parameters_too(prefect_live: LivePrefect) -> None:
+    with prefect_live.client() as client:
+        deployment = client.read_deployment_by_name("fleet-snapshot/fleet-snapshot")
+    fields = deployment.parameter_openapi_schema["properties"]
+    assert sorted(fields, key=lambda name: fields[name]["position"]) == [
+        "tag",
+        "max_concurrency",
+        "label",
+        "triggered_by",
+    ]
+    assert deployment.parameters == {"tag": "nightly-snapshot", "max_concurrency": 5}
+
+
+def test_the_run_form_flags_a_negative_droplet_id_on_its_field(prefect_live: LivePrefect) -> None:
+    """The UI checks a form through /ui/schemas/validate: the error lands on the field, inline."""
+    with prefect_live.client() as client:
+        schema = client.read_deployment_by_name("snapshot/snapshot").parameter_openapi_schema
+    with httpx.Client(base_url=prefect_live.api_url, timeout=10) as http:
+        answer = http.post("/ui/schemas/validate", json={"schema": schema, "values": {"droplet_id": -1}})
+        valid = http.post("/ui/schemas/validate", json={"schema": schema, "values": {"droplet_id": 7}})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["valid"] is False
+    [error] = answer.json()["errors"]
+    assert error["property"] == "droplet_id" and "minimum of 0" in error["errors"][0]
+    assert valid.json() == {"errors": [], "valid": True}
 
 
 def test_snapshot_deployment_run_through_the_api(
@@ -79,9 +127,7 @@ def test_snapshot_deployment_run_through_the_api(
 ) -> None:
     droplet = seed_droplet(sim)
     started = time.monotonic()
-    flow_run = prefect_live.run_deployment(
-        "snapshot/snapshot", {"params": {"droplet_id": droplet}}, timeout=0
-    )
+    flow_run = prefect_live.run_deployment("snapshot/snapshot", {"droplet_id": droplet}, timeout=0)
     with prefect_live.client() as client:
         while (run := client.read_flow_run(flow_run.id)).state_type.value in ("SCHEDULED", "PENDING"):
             assert time.monotonic() - started < 90, prefect_live.worker_log()
@@ -101,24 +147,45 @@ def test_snapshot_deployment_run_through_the_api(
     assert len(live_snapshots(sim)) == 1
 
 
+A_VALID_DROPLET = {"name": "web-1", "region": "nyc3", "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"}
+A_SAGA_ID = "0b9d3c2e-6f4a-4d1b-9a8e-5c7f2e1d0a3b"
+
+
 @pytest.mark.parametrize(
-    ("params", "reason"),
+    ("deployment", "parameters", "reason"),
     [
-        ({"droplet_id": "abc"}, "'abc' is not of type 'integer'"),
-        ({"droplet_id": -4}, "droplet_id"),
-        ({"droplet_id": 1, "surprise": 2}, "'surprise' was unexpected"),
-        ({}, "'droplet_id' is a required property"),
+        ("snapshot", {"droplet_id": "abc"}, "'abc' is not of type 'integer'"),
+        ("snapshot", {"droplet_id": -1}, "field 'droplet_id'. Failure reason: -1 is less than or equal"),
+        (
+            "snapshot",
+            {"droplet_id": True},
+            "field 'droplet_id'. Failure reason: True is not of type 'integer'",
+        ),
+        ("snapshot", {"droplet_id": "7"}, "field 'droplet_id'. Failure reason: '7' is not of type 'integer'"),
+        ("snapshot", {"droplet_id": 2**53}, "field 'droplet_id'"),
+        ("snapshot", {"droplet_id": 7, "label": "nightly\u0000"}, "field 'label'"),
+        ("snapshot", {"droplet_id": 7, "triggered_by": "user:42\n"}, "field 'triggered_by'"),
+        ("snapshot", {"droplet_id": 7, "saga_id": ""}, "field 'saga_id'"),
+        ("snapshot", {"droplet_id": 7, "saga_id": f" {A_SAGA_ID} "}, "field 'saga_id'"),
+        ("snapshot", {"droplet_id": 7, "surprise": 2}, "'surprise' was unexpected"),
+        ("snapshot", {"droplet_id": 7, "lable": "nightly"}, "'lable' was unexpected"),
+        ("snapshot", {}, "'droplet_id' is a required property"),
+        ("snapshot", {"params": {"droplet_id": 7}}, "'droplet_id' is a required property"),  # the old body
+        ("test", {"steps": ["create_droplet_snapshot", "os.system"]}, "'os.system' is not one of"),
+        ("test", {"steps": []}, "field 'steps'"),
+        ("provision", {**A_VALID_DROPLET, "region": "NYC3"}, "field 'region'"),
+        ("fleet-snapshot", {"tag": "nightly", "max_concurrency": 0}, "field 'max_concurrency'"),
     ],
 )
 def test_invalid_parameters_are_refused_before_any_run_or_saga(
-    prefect_live: LivePrefect, ledger: Ledger, params: dict[str, object], reason: str
+    prefect_live: LivePrefect, ledger: Ledger, deployment: str, parameters: dict[str, object], reason: str
 ) -> None:
     from prefect.exceptions import PrefectHTTPStatusError
 
     with prefect_live.client() as client:
         before = client.count_flow_runs()
     with pytest.raises(PrefectHTTPStatusError) as refused:
-        prefect_live.run_deployment("snapshot/snapshot", {"params": params}, timeout=0)
+        prefect_live.run_deployment(f"{deployment}/{deployment}", parameters, timeout=0)
     response = refused.value.response
     assert response.status_code == 409, response.text
     assert reason in response.json()["detail"]
@@ -127,13 +194,57 @@ def test_invalid_parameters_are_refused_before_any_run_or_saga(
     assert count_rows(ledger) == (0, 0)
 
 
+def test_an_integer_sent_as_a_float_fails_its_run_at_once_naming_the_field_and_writes_nothing(
+    prefect_live: LivePrefect, sim: httpx.Client, ledger: Ledger
+) -> None:
+    """JSON Schema calls 7.0 an integer, so the server takes it (201); the run refuses it."""
+    run = prefect_live.run_deployment("snapshot/snapshot", {"droplet_id": float(seed_droplet(sim))})
+    assert run.state_type.value == "FAILED", (run.state, prefect_live.worker_log())
+    assert "droplet_id" in run.state.message and "valid integer" in run.state.message, run.state.message
+    assert count_rows(ledger) == (0, 0)
+    assert live_snapshots(sim) == []
+
+
+def test_an_unsealed_deployment_crashes_a_run_with_an_unknown_name_at_once_and_writes_nothing(
+    prefect_live: LivePrefect, sim: httpx.Client, ledger: Ledger
+) -> None:
+    """Without deployments.seal (a fresh `prefect deploy`) the server takes the name (201); Prefect's
+    engine then refuses it before the flow starts: the run crashes, its log names the field."""
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from deployments.seal import seal
+
+    with prefect_live.client() as client:
+        deployment = client.read_deployment_by_name("snapshot/snapshot")
+        unsealed = {
+            k: v for k, v in deployment.parameter_openapi_schema.items() if k != "additionalProperties"
+        }
+        client.update_deployment(deployment.id, DeploymentUpdate(parameter_openapi_schema=unsealed))
+    try:
+        run = prefect_live.run_deployment(
+            "snapshot/snapshot", {"droplet_id": seed_droplet(sim), "lable": "x"}
+        )
+    finally:
+        with prefect_live.client() as client:
+            assert seal(client) == ["snapshot"]
+    assert run.state_type.value == "CRASHED", (run.state, prefect_live.worker_log())
+    with prefect_live.client() as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    assert any("SignatureMismatchError" in log.message and "'lable'" in log.message for log in logs), [
+        log.message for log in logs
+    ]
+    assert count_rows(ledger) == (0, 0)
+    assert live_snapshots(sim) == []
+
+
 def test_double_submitted_run_with_one_idempotency_key_is_one_run_and_one_saga(
     prefect_live: LivePrefect, sim: httpx.Client, ledger: Ledger
 ) -> None:
     droplet = seed_droplet(sim)
     saga_id = str(uuid.uuid4())
     key = f"snapshot-{saga_id}"
-    params = {"params": {"droplet_id": droplet, "saga_id": saga_id}}
+    params = {"droplet_id": droplet, "saga_id": saga_id}
     first = prefect_live.run_deployment("snapshot/snapshot", params, idempotency_key=key, timeout=0)
     second = prefect_live.run_deployment("snapshot/snapshot", params, idempotency_key=key, timeout=0)
     assert second.id == first.id
@@ -163,7 +274,7 @@ def test_kill_worker_mid_saga_then_the_recovery_deployment_finishes_it(
     """SIGKILL the worker (and its flow run) mid-saga: within the lease and one sweep it is done."""
     sim.post("/_sim/config", json={"action_seconds": 250}).raise_for_status()  # 5 s snapshots
     droplet = seed_droplet(sim)
-    slow = prefect_live.run_deployment("snapshot/snapshot", {"params": {"droplet_id": droplet}}, timeout=0)
+    slow = prefect_live.run_deployment("snapshot/snapshot", {"droplet_id": droplet}, timeout=0)
     deadline = time.monotonic() + 90
     while not _recorded_action(ledger, slow.id):
         assert time.monotonic() < deadline, prefect_live.worker_log()
@@ -192,9 +303,7 @@ def test_cancel_a_running_saga_through_the_api_rolls_it_back(
     from prefect.states import Cancelling
 
     sim.post("/_sim/config", json={"action_seconds": 250}).raise_for_status()
-    run = prefect_live.run_deployment(
-        "snapshot/snapshot", {"params": {"droplet_id": seed_droplet(sim)}}, timeout=0
-    )
+    run = prefect_live.run_deployment("snapshot/snapshot", {"droplet_id": seed_droplet(sim)}, timeout=0)
     deadline = time.monotonic() + 90
     while not _recorded_action(ledger, run.id):
         assert time.monotonic() < deadline, prefect_live.worker_log()
@@ -226,7 +335,7 @@ def test_each_kind_through_the_api(
     """Every kind's deployment, triggered as an API caller would, ends completed in ledger and simulator."""
     inputs = prepare(kind, sim, api)
     before = world(sim, api)
-    run = prefect_live.run_deployment(f"{kind}/{kind}", {"params": inputs})
+    run = prefect_live.run_deployment(f"{kind}/{kind}", inputs)
     assert run.state_type.value == "COMPLETED", (run.state, prefect_live.worker_log())
     saga = ledger.find_saga_by_flow_run(run.id)
     assert saga is not None and saga.status.value == "completed"

@@ -61,13 +61,28 @@ def build() -> App:
 
 
 def parse_inputs(raw: str) -> dict[str, Any]:
+    """``--inputs``, a JSON object, read as written: a repeated key or NaN is refused, not guessed at."""
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, object_pairs_hook=_no_repeated_keys, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         raise InputError(f"--inputs is not valid JSON ({exc.msg} at position {exc.pos})") from None
     if not isinstance(value, dict):
         raise InputError("--inputs must be a JSON object, e.g. '{\"droplet_id\": 123}'")
     return value
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        repeated = sorted({k for k, _ in pairs if [p for p, _ in pairs].count(k) > 1})
+        raise InputError(
+            f"--inputs gives {', '.join(map(repr, repeated))} more than once: give each input once"
+        )
+    return value
+
+
+def _not_json(constant: str) -> Any:
+    raise InputError(f"--inputs contains {constant}, which is not a JSON number")
 
 
 def parse_steps(raw: str | None) -> list[str] | None:

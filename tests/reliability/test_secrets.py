@@ -70,7 +70,7 @@ def test_the_token_appears_nowhere(
             errors.append(f"{exc!r} {exc}")
         finally:
             services.close()
-    for bad in ({"droplet_id": "x"}, {"droplet_id": TOKEN}, {"label": TOKEN}):
+    for bad in ({"droplet_id": "x"}, {"droplet_id": TOKEN}, {"label": TOKEN}, {"droplet_id": 1, TOKEN: 1}):
         try:
             catalog().new_saga("snapshot", bad, saga_id=uuid.uuid4())
         except SagaError as exc:
