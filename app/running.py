@@ -25,6 +25,7 @@ def run_flow(
     triggered_by: str,
     *,
     errors_to: Console,
+    options: dict[str, Any] | None = None,
 ) -> SagaRun:
     """Run the kind's flow here and return the saga as the ledger has it afterwards.
 
@@ -36,7 +37,12 @@ def run_flow(
 
     from flows import flow_for
 
-    parameters: dict[str, Any] = {**inputs, "saga_id": saga_id, "triggered_by": triggered_by}
+    parameters: dict[str, Any] = {
+        **inputs,
+        "saga_id": saga_id,
+        "triggered_by": triggered_by,
+        **(options or {}),
+    }
     if application.catalog.kind(kind).steps is None:  # the caller chose the steps (test kind)
         parameters["steps"] = steps
     state = flow_for(kind)(**parameters, return_state=True)

@@ -106,6 +106,7 @@ def flow_parameters(saga: SagaRun) -> dict[str, Any]:
     parameters: dict[str, Any] = {**saga.inputs, "saga_id": str(saga.id), "triggered_by": saga.triggered_by}
     if saga.deployment_id is not None:
         parameters["deployment_id"] = saga.deployment_id
+    parameters["require_approval"] = bool(saga.options.get("require_approval"))
     if _catalog_factory().kind(saga.kind).steps is None:  # the caller chose the steps (test kind)
         parameters["steps"] = list(saga.step_names)
     return parameters

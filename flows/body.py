@@ -30,6 +30,7 @@ import uuid
 from typing import Any
 
 from app.wiring import App, build_app
+from flows.approval import in_a_deployment, suspend_for_approval, waiting_for_a_person
 from flows.runbook import RUNBOOK
 from flows.visibility import publish
 from sagas.errors import InputError, LeaseLostError, LedgerError, ResourceBusyError, SagaBusyError
@@ -50,6 +51,7 @@ def run_saga_flow(
     saga_id: uuid.UUID | None,
     triggered_by: str,
     deployment_id: str | None,
+    options: dict[str, Any] | None = None,
 ) -> Any:
     """Returns the flow run's final state: Completed or Failed, with the saga's outcome as its message."""
     from prefect import get_run_logger
@@ -60,7 +62,9 @@ def run_saga_flow(
     app = build_app()
     run_id = str(flow_run.id or "")
     try:
-        saga, first = _the_saga(app, log, kind, inputs, steps, saga_id, triggered_by, deployment_id, run_id)
+        saga, first = _the_saga(
+            app, log, kind, inputs, steps, saga_id, triggered_by, deployment_id, run_id, options or {}
+        )
     except (InputError, ResourceBusyError):
         RUNBOOK.turned_away(run_id)  # this run drove nothing: its hooks must not touch any saga
         raise
@@ -71,7 +75,19 @@ def run_saga_flow(
     else:
         RUNBOOK.turned_away(run_id)
     try:
-        final, followed = _drive(app, log, saga, first, following=driver)
+        if driver is None and waiting_for_a_person(saga):
+            suspend_for_approval(app, saga, log)  # a run resumed with the answer records it here
+        while True:
+            final, followed = _drive(app, log, saga, first, following=driver)
+            if followed is not None or not waiting_for_a_person(final):
+                break
+            # Stopped for a person: say so, show the plan, and let go of the worker.
+            log.info(outcome_line(final, app.ledger.list_step_results(final.id)))
+            publish(app.ledger, final)
+            if not in_a_deployment():
+                return Completed(message=outcome_line(final, app.ledger.list_step_results(final.id)))
+            suspend_for_approval(app, final, log)  # suspends (exits) unless its deadline passed
+            first = Mode.FORWARD
     except (LedgerError, LeaseLostError) as exc:
         RUNBOOK.lost_ledger(run_id)
         message = (
@@ -105,6 +121,7 @@ def _the_saga(
     triggered_by: str,
     deployment_id: str | None,
     run_id: str,
+    options: dict[str, Any],
 ) -> tuple[SagaRun, Mode]:
     """The saga this run drives and the mode to drive it in (see the module docstring on Retry)."""
     from prefect.runtime import flow_run
@@ -112,7 +129,13 @@ def _the_saga(
     run_uuid = uuid.UUID(run_id) if run_id else None
     linked = app.ledger.find_saga_by_flow_run(run_uuid) if run_uuid is not None else None
     retrying = int(flow_run.run_count or 1) > 1
-    create = dict(steps=steps, triggered_by=triggered_by, deployment_id=deployment_id, flow_run_id=run_uuid)
+    create = dict(
+        steps=steps,
+        triggered_by=triggered_by,
+        deployment_id=deployment_id,
+        flow_run_id=run_uuid,
+        options=options,
+    )
     if linked is None:
         return app.provisioning().create_saga(kind, inputs, saga_id=saga_id, **create), Mode.FORWARD  # type: ignore[arg-type]
     if linked.status is SagaStatus.ROLLED_BACK and retrying:
@@ -123,7 +146,7 @@ def _the_saga(
             linked.inputs,
             saga_id=new_id,
             retry_of=linked.id,
-            **{**create, "steps": list(linked.step_names)},  # type: ignore[arg-type]
+            **{**create, "steps": list(linked.step_names), "options": linked.options},  # type: ignore[arg-type]
         )
         return again, Mode.FORWARD
     if retrying:
@@ -152,8 +175,12 @@ def _drive(
     try:
         while True:
             current = app.ledger.get_saga(saga.id)
-            if following is not None and (current.status.is_terminal or current.status.needs_operator):
-                return current, following
+            if following is not None and (
+                current.status.is_terminal
+                or current.status.needs_operator
+                or current.status is SagaStatus.AWAITING_APPROVAL
+            ):
+                return current, following  # settled, or waiting for a person: nothing to hold a worker for
             try:
                 with when_terminated(cancelled_here):
                     result = runner.advance(saga.id, first)

@@ -56,6 +56,15 @@ class SagaRunFields(BaseModel):
     )
     triggered_by: TriggeredBy = Field(default="manual", title="Triggered by")
     deployment_id: CustomerDeploymentId | None = Field(default=None, title="Customer deployment")
+    require_approval: bool | None = Field(
+        default=None,
+        title="Require approval",
+        description="Stop for a person's approval before the first customer-visible change."
+        " Empty: the kind's default (on for offboard and rollback).",
+    )
+
+    def saga_options(self) -> dict[str, Any]:
+        return {} if self.require_approval is None else {"require_approval": self.require_approval}
 
     def saga_inputs(self) -> dict[str, Any]:
         """The kind's inputs: every field but the run fields (and ``steps``, for the test kind)."""

@@ -21,6 +21,7 @@ from prefect.states import Completed, Failed
 from pydantic import Field, Strict
 
 from app.wiring import build_app
+from flows.approval import end_a_suspended_run, runs_that_gave_up
 from flows.body import drive_from_elsewhere
 from flows.visibility import publish
 from sagas.models import SagaRun, SagaStatus
@@ -58,7 +59,11 @@ def recovery_sweep(
         log.info(line)
         _tell_its_run(saga, line)
         publish(app.ledger, saga)
+        end_a_suspended_run(saga, line)
 
+    for saga in runs_that_gave_up(app):
+        log.info(f"saga {saga.id}'s suspended flow run ended while it awaited approval: rolling it back")
+        app.ledger.request_cancel(saga.id)
     report = sweep(
         app.ledger,
         lambda: app.runner(invoke_as_task),

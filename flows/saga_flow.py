@@ -32,6 +32,7 @@ def saga_flow(kind: str, description: str, registry: Catalog | None = None) -> A
             saga_id=params.saga_id,
             triggered_by=params.triggered_by,
             deployment_id=params.deployment_id,
+            options=params.saga_options(),
         )
 
     function = saga_flow_function(kind, run, description, registry)

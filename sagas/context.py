@@ -55,6 +55,7 @@ class Provisioning:
         triggered_by: str = "manual",
         flow_run_id: uuid.UUID | None = None,
         retry_of: uuid.UUID | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> SagaRun:
         """Record the saga (nothing runs); the same id again returns the recorded one.
 
@@ -68,6 +69,7 @@ class Provisioning:
             saga_id=saga_id,
             triggered_by=triggered_by,
             deployment_id=deployment_id,
+            options=options,
         )
         if flow_run_id is not None and not isinstance(flow_run_id, uuid.UUID):
             raise InputError("flow_run_id must be a UUID (the Prefect flow run's id)")
@@ -87,6 +89,7 @@ class Provisioning:
         saga_id: uuid.UUID | None = None,
         deployment_id: str | None = None,
         triggered_by: str = "manual",
+        options: Mapping[str, Any] | None = None,
     ) -> SagaRun:
         """Record the saga and launch its flow run. Starting the same saga id twice is harmless."""
         if self._launch is None:
@@ -98,6 +101,7 @@ class Provisioning:
             saga_id=saga_id,
             deployment_id=deployment_id,
             triggered_by=triggered_by,
+            options=options,
         )
         self._launch(saga)
         return self.ledger.get_saga(saga.id)

@@ -20,6 +20,9 @@ class SagaStatus(StrEnum):
     COMPENSATION_FAILED = "compensation_failed"
     FAILED = "failed"
     RESOLVED = "resolved"  # an operator finished it by hand (``sagas resolve``); who/when/why recorded
+    # Stopped before its first customer-visible change until a person approves (or rejects) it;
+    # it keeps its droplet lock and holds no runner.
+    AWAITING_APPROVAL = "awaiting_approval"
 
     @property
     def is_terminal(self) -> bool:
@@ -29,6 +32,11 @@ class SagaStatus(StrEnum):
     @property
     def needs_operator(self) -> bool:
         return self in (SagaStatus.COMPENSATION_FAILED, SagaStatus.FAILED)
+
+
+class ApprovalDecision(StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
 
 
 class StepStatus(StrEnum):
@@ -58,6 +66,17 @@ class SagaOptions(BaseModel):
     step_timeouts: dict[str, float] = Field(
         default_factory=dict,
         description="Seconds one attempt of a step may run before it is in doubt, by step name.",
+    )
+    require_approval: bool | None = Field(
+        default=None,
+        description="Stop for a person's approval before the first customer-visible change"
+        " (unset: the kind's default: on for offboard and rollback).",
+    )
+    approval_deadline_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=30 * 86400,
+        description="Without an answer within this long, the saga rolls back (unset: the settings').",
     )
 
     @field_validator("step_timeouts")
@@ -115,6 +134,12 @@ class SagaRun(BaseModel):
     resolution_note: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     retry_of: uuid.UUID | None = None
+    approval_requested_at: datetime | None = None
+    approval_deadline_at: datetime | None = None
+    approval_decision: ApprovalDecision | None = None
+    approval_by: str | None = None
+    approval_note: str | None = None
+    approval_decided_at: datetime | None = None
 
 
 class StepResult(BaseModel):

@@ -12,8 +12,22 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def approval_line(saga: SagaRun) -> str:
+    """Who decided, when, and why; empty when nobody was asked."""
+    if saga.approval_decision is None:
+        return ""
+    when = f"{saga.approval_decided_at:%Y-%m-%d %H:%M:%S %Z}" if saga.approval_decided_at else "?"
+    return f"{saga.approval_decision.value} by {saga.approval_by} at {when}: {saga.approval_note}"
+
+
 def outcome_line(saga: SagaRun, steps: list[StepResult]) -> str:
     """``saga 1f2e... rolled back: 1 step undone, nothing left (step fail failed: ...)``."""
+    line = _outcome(saga, steps)
+    decided = approval_line(saga)
+    return f"{line}; {decided}" if decided else line
+
+
+def _outcome(saga: SagaRun, steps: list[StepResult]) -> str:
     head = f"{saga.kind} saga {saga.id}"
     done = [s for s in steps if s.status is StepStatus.COMPLETED]
     skipped = [s for s in steps if s.status is StepStatus.SKIPPED]
@@ -38,6 +52,18 @@ def outcome_line(saga: SagaRun, steps: list[StepResult]) -> str:
         return (
             f"{head} failed past its point of no return{why}; fix the cause, then"
             f" `sagas resume {saga.id}` finishes it forward"
+        )
+    if saga.status is SagaStatus.AWAITING_APPROVAL:
+        kept = [s.output["snapshot_name"] for s in done if s.output.get("snapshot_name")]
+        still = f" ({', '.join(kept)} kept)" if kept else ""
+        if saga.approval_decision is not None:
+            return f"{head} was {saga.approval_decision.value}: it goes on at its next run"
+        until = (
+            f" until {saga.approval_deadline_at:%Y-%m-%d %H:%M:%S %Z}" if saga.approval_deadline_at else ""
+        )
+        return (
+            f"{head} awaits approval{until}{still}: `sagas approve {saga.id} --note ...`"
+            f" or `sagas reject {saga.id} --note ...`"
         )
     if saga.status is SagaStatus.RESOLVED:
         return f"{head} was resolved by hand by {saga.resolved_by}: {saga.resolution_note}"

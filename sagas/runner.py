@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from sagas.compensation import compensate
 from sagas.errors import (
     DefinitionMismatchError,
     IdempotencyConflictError,
+    InputError,
     LeaseLostError,
     LedgerError,
     SagaCancelledError,
@@ -43,7 +45,16 @@ from sagas.hold import SagaHold
 from sagas.in_doubt import Found, Lookup, Verdict, proved_not_happened, settle_pivot
 from sagas.invocation import NOT_RETRIED, Invoke, Phase, describe, invoke_directly
 from sagas.ledger.store import Ledger
-from sagas.models import Lease, NextStep, Reversibility, SagaRun, SagaStatus, StepResult, StepStatus
+from sagas.models import (
+    ApprovalDecision,
+    Lease,
+    NextStep,
+    Reversibility,
+    SagaRun,
+    SagaStatus,
+    StepResult,
+    StepStatus,
+)
 from sagas.retry import RetryPolicy
 from sagas.services import Services
 from sagas.steps import Catalog, StepContext, StepDefinition
@@ -123,7 +134,12 @@ class Runner:
             status = saga.status
             if status.is_terminal:
                 return
-            if status in (SagaStatus.PENDING, SagaStatus.RUNNING):
+            if status is SagaStatus.AWAITING_APPROVAL and mode is not Mode.ROLLBACK:
+                saga = self._after_the_wait(saga)
+                if saga.approval_decision is None and not saga.cancel_requested:
+                    return  # still waiting for a person: nothing to do
+                status = SagaStatus.RUNNING  # decided (or cancelled): the forward loop acts on it
+            if status in (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.AWAITING_APPROVAL):
                 if mode is Mode.ROLLBACK and self._pivot_started(saga):
                     # No way back once a pivot may have written: a hook or a cancel only lets it
                     # finish forward (the saga keeps its cancel request, so it says so).
@@ -203,6 +219,7 @@ class Runner:
             else {r.step_idx: r for r in self.ledger.list_step_results(saga.id)}
         )
         outputs: dict[str, Mapping[str, Any]] = {}
+        gate = self._gate_index(saga)  # the step a person approves first, or -1
         past_pivot = False  # once a pivot may have written there is no way back: failures retry forward
         prestarted: StepResult | None = None  # recorded started with the previous step's completion
         finished = False
@@ -220,6 +237,10 @@ class Runner:
                 return self._begin_rollback(lease, row.error or f"step {name} failed")
             if not (past_pivot or began) and cancel_requested:
                 return self._begin_rollback(lease, f"cancelled before step {name}")
+            if idx == gate and not (past_pivot or began):
+                waiting = self._approval_gate(hold, saga)
+                if waiting is not None:
+                    return waiting
             key = step.idempotency_key(hold.key_scope(saga))
             if not step.applies(saga.inputs):
                 why = step.skipped_because or "nothing to do for these inputs"
@@ -251,7 +272,9 @@ class Runner:
                 idx,
                 name,
                 result,
-                then_start=self._next_step(hold, saga, idx + 1, rows, past_pivot),
+                then_start=None
+                if idx + 1 == gate
+                else self._next_step(hold, saga, idx + 1, rows, past_pivot),
                 finish=last,  # the last step's write also completes the saga...
                 finish_unless_cancelled=not past_pivot,  # ...unless a cancel came while it ran
             )
@@ -437,6 +460,54 @@ class Runner:
             sleep=hold.pause,
             clock=self.services.monotonic,
         )
+
+    # -- a person's approval ---------------------------------------------------------------
+
+    def _gate_index(self, saga: SagaRun) -> int:
+        """The index of the step a person must approve first, or -1 when this saga asks nobody."""
+        if not saga.options.get("require_approval"):
+            return -1
+        return self.catalog.kind(saga.kind).approval_gate(saga.step_names)
+
+    def _approval_gate(self, hold: SagaHold, saga: SagaRun) -> SagaStatus | None:
+        """At the gate: go on (None) once approved; roll back once rejected; else stop and wait."""
+        current = self.ledger.get_saga(saga.id)  # a decision is written without the lease: read it now
+        if current.approval_decision is ApprovalDecision.APPROVED:
+            return None
+        if current.approval_decision is ApprovalDecision.REJECTED:
+            return self._begin_rollback(
+                hold.lease, f"rejected by {current.approval_by}: {current.approval_note}"
+            )
+        if current.cancel_requested:
+            return self._begin_rollback(hold.lease, "cancelled while awaiting approval")
+        deadline = (
+            current.options.get("approval_deadline_seconds")
+            or self.services.settings.approval_deadline_seconds
+        )
+        if self.ledger.await_approval(hold.lease, float(deadline)):
+            return self._begin_rollback(hold.lease, "cancelled while awaiting approval")
+        _log.info(
+            "saga %s awaits a person's approval before %s", saga.id, saga.step_names[self._gate_index(saga)]
+        )
+        return SagaStatus.AWAITING_APPROVAL
+
+    def _after_the_wait(self, saga: SagaRun) -> SagaRun:
+        """A waiting saga whose deadline passed without an answer is rejected, and says so."""
+        if saga.approval_decision is not None or saga.cancel_requested:
+            return saga
+        deadline = saga.approval_deadline_at
+        if deadline is None or datetime.now(UTC) < deadline:
+            return saga
+        waited = deadline - (saga.approval_requested_at or deadline)
+        try:
+            return self.ledger.decide_approval(
+                saga.id,
+                ApprovalDecision.REJECTED,
+                by="the approval deadline",
+                note=f"no answer within {waited.total_seconds():.0f}s (until {deadline:%Y-%m-%d %H:%M:%S %Z})",
+            )
+        except InputError:
+            return self.ledger.get_saga(saga.id)  # a person answered at the last moment
 
     def _fail_forward(self, lease: Lease, name: str, error: str) -> SagaStatus:
         """Past the pivot and still failing: stop in ``failed`` for an operator (`sagas resume`)."""

@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     do_token_read_block: str | None = Field(
         default=None, description="Name of a Prefect Secret block holding the read token."
     )
+    approval_deadline_seconds: float = Field(
+        default=86400.0,
+        gt=0,
+        description="A saga awaiting a person's approval rolls back after this long without an answer.",
+    )
     step_timeouts: dict[str, float] = Field(
         default_factory=dict,
         description="Seconds one attempt of a step may run before it is in doubt, by step name (JSON);"

@@ -146,6 +146,16 @@ class KindDefinition:
     summary: str = ""
     # The resource a saga of this kind acts on ("droplet:123"): one unfinished saga per resource.
     resource: Callable[[Mapping[str, Any]], str | None] = lambda inputs: None
+    # A person approves before this step, the first that changes what the customer sees (None:
+    # before the first step); ``asks_approval`` is the default, a saga's option overrides it.
+    approval_before: str | None = None
+    asks_approval: bool = False
+
+    def approval_gate(self, step_names: tuple[str, ...]) -> int:
+        """The index of the step a person approves, in a saga running ``step_names``."""
+        if self.approval_before is not None and self.approval_before in step_names:
+            return step_names.index(self.approval_before)
+        return 0
 
 
 class Catalog:
@@ -224,6 +234,8 @@ class Catalog:
             if definition.inputs_model is not None:
                 _validate(definition.inputs_model, validated, f"inputs for step {definition.name}")
         raw_options = options.model_dump() if isinstance(options, SagaOptions) else dict(options or {})
+        if raw_options.get("require_approval") is None:
+            raw_options["require_approval"] = kind.asks_approval  # pinned: a later default changes nothing
         checked = {k: v for k, v in _validate(SagaOptions, raw_options, "saga options").items() if v}
         unknown = set(checked.get("step_timeouts", {})) - set(step_names)
         if unknown:

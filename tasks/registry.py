@@ -111,15 +111,28 @@ def _droplet_name_resource(inputs: Any) -> str | None:
     return f"droplet-name:{inputs['name']}" if inputs.get("name") else droplet_resource(inputs)
 
 
+snap, off, on = "create_droplet_snapshot", "power_off_droplet", "power_on_droplet"
+
+
 @cache
 def catalog() -> Catalog:
-    def kind(name: str, summary: str, inputs: type[BaseModel], *steps: str) -> KindDefinition:
+    def kind(
+        name: str, summary: str, inputs: type[BaseModel], *steps: str, asks_approval: bool = False
+    ) -> KindDefinition:
         resource = _droplet_name_resource if name == "provision" else droplet_resource
+        # A person approves before the first step that changes what the customer sees.
+        visible = next((s for s in steps if s != snap), steps[0])
         return KindDefinition(
-            name=name, version="1", inputs_model=inputs, steps=steps, summary=summary, resource=resource
+            name=name,
+            version="1",
+            inputs_model=inputs,
+            steps=steps,
+            summary=summary,
+            resource=resource,
+            approval_before=visible,
+            asks_approval=asks_approval,
         )
 
-    snap, off, on = "create_droplet_snapshot", "power_off_droplet", "power_on_droplet"
     return Catalog(
         steps=[
             CREATE_DROPLET,
@@ -162,6 +175,7 @@ def catalog() -> Catalog:
                 off,
                 "restore_droplet",
                 on,
+                asks_approval=True,
             ),
             kind(
                 "offboard",
@@ -171,6 +185,7 @@ def catalog() -> Catalog:
                 off,
                 "delete_dns_record",
                 "delete_droplet",
+                asks_approval=True,
             ),
             kind("snapshot", "snapshot one droplet", SnapshotKindInputs, snap),
             KindDefinition(

@@ -123,6 +123,7 @@ def _output(droplet_id: int, snapshot: Snapshot, action_id: int | None) -> dict[
         "droplet_id": droplet_id,
         "snapshot_id": snapshot.id,
         "snapshot_name": snapshot.name,
+        "snapshot_size_gigabytes": snapshot.size_gigabytes,
         "action_id": action_id,
     }
 

@@ -22,6 +22,9 @@ from sagas.ledger.database import dispose_engines, engine_for, normalise_url
 from sagas.ledger.store import Ledger
 from sagas.settings import Settings, load_settings
 
+# Tests of a saga's mechanics run every kind straight through: offboard and rollback would otherwise
+# stop for a person's approval (tests/test_approval.py tests that gate).
+MECHANICS = {"require_approval": False}
 TOKEN = "dop_v1_canary" + uuid.uuid4().hex  # a canary: it must never show up in logs or rows
 REPO = Path(__file__).resolve().parent.parent
 
@@ -163,7 +166,7 @@ def run_saga(
     from sagas.services import Services
     from tasks.registry import catalog
 
-    saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs, steps=steps))
+    saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs, steps=steps, options=MECHANICS))
     services = Services(settings)
     try:
         return Runner(ledger, catalog(), services).advance(saga.id)

@@ -215,7 +215,8 @@ def test_sagas_run_works_for_every_kind(
     kind: str, prefect_api: str, sim: httpx.Client, api: httpx.Client, ledger: Ledger
 ) -> None:
     inputs = prepare(kind, sim, api)
-    result = run_cli("run", kind, "--inputs", json.dumps(inputs), "--json")
+    # Straight through: the approval gate of offboard and rollback is tests/test_approval.py's.
+    result = run_cli("run", kind, "--inputs", json.dumps(inputs), "--json", "--no-require-approval")
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout[result.stdout.index("{") :])
     assert shown["status"] == "completed"
@@ -369,3 +370,17 @@ def test_tokens_come_from_a_prefect_secret_block(
     with pytest.raises(ConfigurationError, match="Prefect Secret block 'arcadia-do-quoted'") as caught:
         secret_block_token(load_settings(), TokenPurpose.PROVISIONING)
     assert block_token not in f"{caught.value} {caught.value!r}"
+
+
+def test_sagas_run_of_an_offboard_stops_awaiting_approval_with_exit_6_and_the_command_that_approves(
+    prefect_api: str, sim: httpx.Client, api: httpx.Client, ledger: Ledger
+) -> None:
+    inputs = prepare("offboard", sim, api)
+    result = run_cli("run", "offboard", "--inputs", json.dumps(inputs))
+    assert result.exit_code == 6, result.output
+    [saga] = ledger.list_sagas()
+    assert saga.status.value == "awaiting_approval"
+    assert f"sagas approve {saga.id} --note" in result.output  # the flow run's last word says how
+    approved = run_cli("approve", str(saga.id), "--note", "go ahead")
+    assert approved.exit_code == 0, approved.output
+    assert ledger.get_saga(saga.id).status.value == "completed"

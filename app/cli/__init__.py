@@ -1,7 +1,8 @@
 """The ``sagas`` command: parse, build the dependencies, call the code the flows call.
 
 The commands live by audience: ``run`` (run, resume, cancel), ``inspect`` (list, show, plan),
-``operate`` (retry-compensation, resolve, orphans), ``tools`` (simulator, db upgrade, demo).
+``operate`` (approve, reject, retry-compensation, resolve, orphans), ``tools`` (simulator, db
+upgrade, demo).
 
 Exit codes scripts can rely on:
   0  done: ``run``/``resume``: the saga completed; ``cancel``: the request was recorded (or the
@@ -17,6 +18,8 @@ Exit codes scripts can rely on:
   3  busy: another runner holds the saga; nothing was written
   4  no such saga
   5  the ledger, a setting or the provider failed
+  6  ``run``/``resume``: the saga stopped awaiting a person's approval; ``sagas approve ID --note``
+     (or ``sagas reject``) decides, and runs the rest when no flow run is suspended for it
 
 Prefect is imported only inside the commands that run a flow.
 """
@@ -45,6 +48,8 @@ cli.command()(run.cancel)
 cli.command("list")(inspect.list_sagas)
 cli.command()(inspect.show)
 cli.command()(inspect.plan)
+cli.command()(operate.approve)
+cli.command()(operate.reject)
 cli.command("retry-compensation")(operate.retry_compensation)
 cli.command()(operate.resolve)
 cli.command()(operate.orphans)

@@ -21,12 +21,23 @@ from sagas.errors import (
     SagaError,
     SagaNotFoundError,
 )
+from sagas.models import SagaStatus
 
 if TYPE_CHECKING:
     from app.wiring import App
     from sagas.progress import SagaProgress
 
-EXIT_OK, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_NOT_FOUND, EXIT_FAILURE = range(6)
+EXIT_OK, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_NOT_FOUND, EXIT_FAILURE, EXIT_AWAITING = range(7)
+
+
+def exit_code_of(status: SagaStatus) -> int:
+    """What ``run`` and ``resume`` exit with for a saga in ``status``."""
+    if status is SagaStatus.COMPLETED:
+        return EXIT_OK
+    if status is SagaStatus.AWAITING_APPROVAL:
+        return EXIT_AWAITING
+    return EXIT_NOT_COMPLETED
+
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

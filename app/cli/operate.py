@@ -1,4 +1,4 @@
-"""Commands for operators: ``retry-compensation``, ``resolve``, ``orphans``.
+"""Commands for operators: ``approve``, ``reject``, ``retry-compensation``, ``resolve``, ``orphans``.
 
 Thin over ``sagas.operator``: every decision (what may be retried, resolved or deleted) is made
 there, against the ledger; these commands parse, print and choose the exit code.
@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import EXIT_NOT_COMPLETED, EXIT_OK, build, err, errors, out, parse_id
+from app.cli.common import EXIT_NOT_COMPLETED, EXIT_OK, build, err, errors, out, parse_id, watching
 from app.cli.render import orphan_json, print_orphans, print_saga
-from sagas.models import SagaStatus
+from sagas.models import ApprovalDecision, SagaStatus
 
 
 def retry_compensation(
@@ -124,3 +124,51 @@ def orphans(
                 out.print(f"{d.orphan.target} {d.orphan.name}: {d.outcome.value}{action}{tail}", markup=False)
         ok = all(d.outcome in (DeletionOutcome.DELETED, DeletionOutcome.ALREADY_GONE) for d in done)
         raise typer.Exit(EXIT_OK if ok else EXIT_NOT_COMPLETED)
+
+
+def _decide(saga_id: str, decision: ApprovalDecision, note: str, by: str | None, as_json: bool) -> None:
+    from flows.approval import resume_with_answer
+    from sagas.operator.approval import decide
+
+    with errors():
+        target = parse_id(saga_id)
+        application = build()
+        who = by if by is not None else application.settings.user
+        saga = decide(application.ledger, target, decision, by=who, note=note)
+        err.print(f"saga {saga.id} {decision.value} by {saga.approval_by}", markup=False)
+        if resume_with_answer(saga, decision, by=saga.approval_by or who, note=note):
+            err.print(f"its flow run {saga.flow_run_id} resumes it", markup=False)
+            print_saga(
+                application.ledger.get_saga(saga.id), application.ledger.list_step_results(saga.id), as_json
+            )
+            raise typer.Exit(EXIT_OK)
+        # No suspended flow run to resume (a saga started by `sagas run`): run the rest here.
+        runner = application.runner()
+        try:
+            with watching(application, saga.id, as_json):
+                final = runner.advance(saga.id)
+        finally:
+            runner.services.close()
+        print_saga(final, application.ledger.list_step_results(final.id), as_json)
+        wanted = SagaStatus.COMPLETED if decision is ApprovalDecision.APPROVED else SagaStatus.ROLLED_BACK
+        raise typer.Exit(EXIT_OK if final.status is wanted else EXIT_NOT_COMPLETED)
+
+
+def approve(
+    saga_id: Annotated[str, typer.Argument(help="A saga awaiting approval.")],
+    note: Annotated[str, typer.Option(help="Why it may go on (required, recorded with your name).")],
+    by: Annotated[str | None, typer.Option(help="Who approves (default: your user name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Approve a saga awaiting approval: it goes on past its point of no return (once; recorded)."""
+    _decide(saga_id, ApprovalDecision.APPROVED, note, by, as_json)
+
+
+def reject(
+    saga_id: Annotated[str, typer.Argument(help="A saga awaiting approval.")],
+    note: Annotated[str, typer.Option(help="Why it must not go on (required, recorded with your name).")],
+    by: Annotated[str | None, typer.Option(help="Who rejects (default: your user name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Reject a saga awaiting approval: it rolls back (once; recorded)."""
+    _decide(saga_id, ApprovalDecision.REJECTED, note, by, as_json)

@@ -25,6 +25,7 @@ STYLES = {
     "compensating": "magenta",
     "running": "blue",
     "pending": "dim",
+    "awaiting_approval": "bold yellow",
     "skipped": "dim",
 }
 
@@ -97,6 +98,14 @@ def print_saga(saga: SagaRun, steps: list[StepResult], as_json: bool) -> None:
         head.add_row("cancel", Text("requested"))
     if saga.error:
         head.add_row("error", Text(saga.error, style="red"))
+    if saga.approval_requested_at is not None:
+        asked = f"asked {when(saga.approval_requested_at)}, answer due by {when(saga.approval_deadline_at)}"
+        head.add_row("approval", Text(asked))
+    if saga.approval_decision is not None:
+        head.add_row(
+            saga.approval_decision.value,
+            Text(f"by {saga.approval_by} at {when(saga.approval_decided_at)}: {saga.approval_note}"),
+        )
     if saga.status is SagaStatus.RESOLVED:
         head.add_row("resolved", Text(f"by {saga.resolved_by} at {when(saga.resolved_at)}"))
         head.add_row("note", Text(saga.resolution_note or ""))

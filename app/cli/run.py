@@ -14,6 +14,7 @@ from app.cli.common import (
     build,
     err,
     errors,
+    exit_code_of,
     out,
     parse_id,
     parse_inputs,
@@ -40,16 +41,30 @@ def run(
     wait: Annotated[
         float, typer.Option(help="If another saga holds the droplet, wait up to this many seconds.")
     ] = 0.0,
+    require_approval: Annotated[
+        bool | None,
+        typer.Option(
+            "--require-approval/--no-require-approval",
+            help="Stop for a person's approval before the first customer-visible change"
+            " (default: the kind's: on for offboard and rollback).",
+        ),
+    ] = None,
 ) -> None:
-    """Run a saga through its Prefect flow; exit 0 only when it completed."""
+    """Run a saga through its Prefect flow; exit 0 only when it completed (6: awaiting approval)."""
     with errors():
         parsed = parse_inputs(inputs)
         chosen_id = parse_id(saga_id) if saga_id is not None else uuid.uuid4()
         from tasks.registry import catalog
 
         # Validate everything before Prefect or the ledger is touched.
+        options = {} if require_approval is None else {"require_approval": require_approval}
         new = catalog().new_saga(
-            kind, parsed, steps=parse_steps(steps), saga_id=chosen_id, triggered_by=triggered_by
+            kind,
+            parsed,
+            steps=parse_steps(steps),
+            saga_id=chosen_id,
+            triggered_by=triggered_by,
+            options=options,
         )
         application = build()
         deadline = time.monotonic() + max(wait, 0.0)
@@ -64,6 +79,7 @@ def run(
                         new.id,
                         triggered_by,
                         errors_to=err,
+                        options=options,
                     )
                 break
             except ResourceBusyError:
@@ -71,7 +87,7 @@ def run(
                     raise
                 time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
-        raise typer.Exit(EXIT_OK if saga.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
+        raise typer.Exit(exit_code_of(saga.status))
 
 
 def resume(
@@ -95,7 +111,7 @@ def resume(
         finally:
             runner.services.close()
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
-        raise typer.Exit(EXIT_OK if saga.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
+        raise typer.Exit(exit_code_of(saga.status))
 
 
 def cancel(saga_id: Annotated[str, typer.Argument(help="The saga to cancel.")]) -> None:
@@ -113,6 +129,10 @@ def cancel(saga_id: Annotated[str, typer.Argument(help="The saga to cancel.")]) 
         try:
             saga = runner.advance(target, Mode.ROLLBACK, reason="cancelled by request")
             out.print(f"saga {saga.id} cancelled: {saga.status.value}")
+            if saga.status.is_terminal:
+                from flows.approval import end_a_suspended_run
+
+                end_a_suspended_run(saga, f"saga {saga.id} was cancelled while it awaited approval")
             if saga.status is not SagaStatus.ROLLED_BACK:
                 raise typer.Exit(EXIT_NOT_COMPLETED)
         except SagaBusyError:

@@ -1,9 +1,11 @@
-"""What operators did, for audit: a saga resolved by hand (fenced, like a runner's write) and the
-operator actions around deleting orphans, written before and after the outside effect.
+"""What people decided and operators did, for audit: a saga resolved by hand (fenced, like a runner's
+write), a decision on a saga awaiting approval, and the operator actions around deleting orphans,
+written before and after the outside effect.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,15 +17,13 @@ from sqlalchemy import (
     update,
 )
 
-from sagas.errors import (
-    InputError,
-    LedgerError,
-)
+from sagas.errors import InputError, LedgerError, SagaNotFoundError
 from sagas.ledger.database import translate_db_errors
 from sagas.ledger.fenced import FencedWrites
 from sagas.ledger.rows import json_literal, saga_from_row
 from sagas.ledger.tables import operator_actions, saga_resource_locks, saga_runs
 from sagas.models import (
+    ApprovalDecision,
     Lease,
     OperatorAction,
     SagaRun,
@@ -118,3 +118,50 @@ class OperatorAudit(FencedWrites):
             query = query.where(operator_actions.c.target == target)
         with translate_db_errors("list operator actions"), self._engine.connect() as conn:
             return [OperatorAction.model_validate(dict(row._mapping)) for row in conn.execute(query)]
+
+    def decide_approval(
+        self, saga_id: uuid.UUID, decision: ApprovalDecision, *, by: str, note: str
+    ) -> SagaRun:
+        """Record a person's decision on a saga awaiting approval, once and for good.
+
+        InputError (nothing written) when the saga was already decided or is not awaiting approval;
+        the audit row goes in the same transaction. No lease: like a cancel request, a decision
+        is read by whichever runner takes the saga next.
+        """
+        statement = (
+            update(saga_runs)
+            .where(saga_runs.c.id == saga_id)
+            .where(saga_runs.c.status == SagaStatus.AWAITING_APPROVAL.value)
+            .where(saga_runs.c.approval_decision.is_(None))
+            .values(
+                approval_decision=decision.value,
+                approval_by=by,
+                approval_note=note,
+                approval_decided_at=func.now(),
+                updated_at=func.now(),
+            )
+            .returning(saga_runs)
+        )
+        with translate_db_errors("record an approval decision"), self._engine.begin() as conn:
+            row = conn.execute(statement).one_or_none()
+            if row is None:
+                current = conn.execute(select(saga_runs).where(saga_runs.c.id == saga_id)).one_or_none()
+                if current is None:
+                    raise SagaNotFoundError(f"no saga with id {saga_id}: check the id with `sagas list`")
+                if current.approval_decision is not None:
+                    raise InputError(
+                        f"saga {saga_id} was already {current.approval_decision} by {current.approval_by}"
+                        f" at {current.approval_decided_at:%Y-%m-%d %H:%M:%S}: a decision is given once"
+                    )
+                raise InputError(
+                    f"saga {saga_id} is {current.status}, not awaiting approval: there is nothing to decide"
+                )
+            conn.execute(
+                insert(operator_actions).values(
+                    action=f"approval_{decision.value}",
+                    target=f"saga:{saga_id}",
+                    detail={"note": note},
+                    performed_by=by,
+                )
+            )
+        return saga_from_row(row)

@@ -155,6 +155,14 @@ class FencedWrites:
         )
         return bool(row["fence_cancel_requested"])
 
+    def await_approval(self, lease: Lease, deadline_seconds: float) -> bool:
+        """Stop the saga ``awaiting_approval`` (it keeps its resource); the deadline is set once, the
+        first time it stops. Returns whether a cancel is requested."""
+        row = self._fenced_write(
+            lease, "stop the saga for approval", _AWAIT_APPROVAL, deadline=deadline_seconds
+        )
+        return bool(row["fence_cancel_requested"])
+
     def record_step_started(self, lease: Lease, idx: int, name: str, idempotency_key: str) -> StepResult:
         try:
             row = self._fenced_write(
@@ -339,6 +347,14 @@ _SET_STATUS = (
     + "), released AS (DELETE FROM saga_resource_locks USING fence"
     " WHERE %(release)s AND saga_resource_locks.saga_id = fence.id RETURNING 1)"
     " SELECT fence.cancel_requested AS fence_cancel_requested FROM fence"
+)
+_AWAIT_APPROVAL = (
+    "WITH fence AS ("
+    + _fence(
+        ", status = 'awaiting_approval', approval_requested_at = coalesce(approval_requested_at, now()),"
+        " approval_deadline_at = coalesce(approval_deadline_at, now() + make_interval(secs => %(deadline)s))"
+    )
+    + ") SELECT fence.cancel_requested AS fence_cancel_requested FROM fence"
 )
 _STEP_STARTED = (
     f"WITH fence AS ({_fence()}),"

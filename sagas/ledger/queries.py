@@ -110,16 +110,24 @@ class SagaRecords:
         """Unfinished sagas that no live runner holds: what the recovery sweep picks up.
 
         A ``pending`` saga is only taken once it is older than the grace period: until then its
-        own flow run may simply be queued at a worker.
+        own flow run may simply be queued at a worker. A saga ``awaiting_approval`` is taken once
+        it was decided, cancelled, or its deadline passed (then it rolls back).
         """
         grace = func.make_interval(0, 0, 0, 0, 0, 0, pending_grace_seconds)
         unheld = (saga_runs.c.lease_expires_at.is_(None)) | (saga_runs.c.lease_expires_at < func.now())
         started_or_stale = (saga_runs.c.status != SagaStatus.PENDING.value) | (
             saga_runs.c.created_at < func.now() - grace
         )
+        # A saga awaiting a person is left alone until someone decided, cancelled, or its deadline passed.
+        waiting = saga_runs.c.status == SagaStatus.AWAITING_APPROVAL.value
+        answered = (
+            saga_runs.c.approval_decision.isnot(None)
+            | saga_runs.c.cancel_requested
+            | (saga_runs.c.approval_deadline_at < func.now())
+        )
         query = (
             select(saga_runs.c.id)
-            .where(saga_runs.c.status.in_([s.value for s in _RECOVERABLE]))
+            .where(saga_runs.c.status.in_([s.value for s in _RECOVERABLE]) | (waiting & answered))
             .where(unheld)
             .where(started_or_stale)
             .order_by(saga_runs.c.created_at)
@@ -174,12 +182,8 @@ class SagaRecords:
         if row is not None:
             return saga_from_row(row), True
         existing = self.get_saga(new.id)
-        if (existing.kind, existing.step_names, existing.inputs, existing.options) != (
-            new.kind,
-            new.step_names,
-            new.inputs,
-            new.options,
-        ):
+        # Runner options (timeouts, approval) are not part of what a saga is: the recorded ones stay.
+        if (existing.kind, existing.step_names, existing.inputs) != (new.kind, new.step_names, new.inputs):
             raise InputError(
                 f"saga id {new.id} is already used by a {existing.kind} saga with other inputs:"
                 " use a new id, or omit it"

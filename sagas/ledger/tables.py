@@ -33,6 +33,7 @@ SAGA_STATUSES = (
     "compensation_failed",
     "failed",
     "resolved",
+    "awaiting_approval",
 )
 STEP_STATUSES = (
     "pending",
@@ -72,6 +73,14 @@ saga_runs = Table(
     Column("options", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     # The saga this one replaced: Prefect's Retry of a run whose saga had rolled back.
     Column("retry_of", UUID(as_uuid=True)),
+    # A person's approval of the point of no return: asked when, until when, and the decision
+    # (recorded once: approved or rejected, by whom, when, why).
+    Column("approval_requested_at", DateTime(timezone=True)),
+    Column("approval_deadline_at", DateTime(timezone=True)),
+    Column("approval_decision", Text),
+    Column("approval_by", Text),
+    Column("approval_note", Text),
+    Column("approval_decided_at", DateTime(timezone=True)),
     # The one-runner rule: a lease with an owner, an expiry and a fencing epoch that grows on
     # every claim, so a runner that lost its lease can never write again.
     Column("lease_owner", UUID(as_uuid=True)),
@@ -90,6 +99,12 @@ saga_runs = Table(
         "(status = 'resolved') = (resolved_by IS NOT NULL AND resolved_at IS NOT NULL"
         " AND coalesce(length(btrim(resolution_note)), 0) > 0)",
         name="saga_runs_resolution_recorded",
+    ),
+    CheckConstraint(
+        "approval_decision IS NULL OR (approval_decision IN ('approved', 'rejected')"
+        " AND approval_by IS NOT NULL AND approval_decided_at IS NOT NULL"
+        " AND coalesce(length(btrim(approval_note)), 0) > 0)",
+        name="saga_runs_approval_recorded",
     ),
 )
 Index("saga_runs_created_idx", saga_runs.c.created_at.desc(), saga_runs.c.id)
@@ -111,7 +126,7 @@ Index(
 Index(
     "saga_runs_unfinished_idx",
     saga_runs.c.created_at,
-    postgresql_where=text("status IN ('pending', 'running', 'compensating')"),
+    postgresql_where=text("status IN ('pending', 'running', 'compensating', 'awaiting_approval')"),
 )
 
 saga_step_results = Table(

@@ -25,6 +25,7 @@ from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings
 from tasks.registry import catalog
+from tests.conftest import MECHANICS
 from tests.reliability.harness.scenarios import (
     BEFORE_PIVOT,
     PAST_PIVOT,
@@ -132,7 +133,7 @@ def _cancel_case(case: CancelCase, sim: Sim, ledger: Ledger, settings: Settings)
     sim.reset(TIME_SCALE)
     inputs = case.scenario.prepare(sim)
     before = sim.world()
-    saga, _ = ledger.create_saga(catalog().new_saga(case.scenario.kind, inputs))
+    saga, _ = ledger.create_saga(catalog().new_saga(case.scenario.kind, inputs, options=MECHANICS))
     hold = HOLDS[case.step_name]
     _arm(hold, case, sim)
 

@@ -21,6 +21,7 @@ from sagas.ledger.store import Ledger
 from sagas.models import Reversibility, SagaStatus, StepStatus
 from sagas.settings import Settings
 from tasks.registry import catalog
+from tests.conftest import MECHANICS
 from tests.reliability.harness.world import (
     FIXED_KINDS,
     HOLD_SECONDS,
@@ -105,7 +106,7 @@ def _crash_case(
         new = catalog().new_saga("test", inputs, steps=steps)
         expect = SagaStatus.ROLLED_BACK
     else:
-        new = catalog().new_saga(case.kind, inputs)
+        new = catalog().new_saga(case.kind, inputs, options=MECHANICS)
         expect = SagaStatus.COMPLETED
     saga, _ = ledger.create_saga(new)
 

@@ -37,6 +37,7 @@ from sagas.runner import Phase
 from sagas.settings import Settings
 from sagas.steps import StepContext, StepDefinition
 from tasks.registry import catalog
+from tests.conftest import MECHANICS
 from tests.reliability.harness.scenarios import (
     PAST_PIVOT,
     Scenario,
@@ -129,7 +130,7 @@ def provider_calls(
     """Run the scenario once without faults; every request its steps made, attributed to its step."""
     sim.reset(TIME_SCALE)
     inputs = scenario.prepare(sim)
-    saga, _ = ledger.create_saga(catalog().new_saga(scenario.kind, inputs))
+    saga, _ = ledger.create_saga(catalog().new_saga(scenario.kind, inputs, options=MECHANICS))
     baseline = sim.last_request()
     spans: list[tuple[int, int, int]] = []  # (step index, last request before it, its last request)
 
@@ -214,7 +215,7 @@ def _fault_case(case: FaultCase, sim: Sim, ledger: Ledger, settings: Settings) -
     sim.reset(TIME_SCALE)
     inputs = case.scenario.prepare(sim)
     before = sim.world()
-    saga, _ = ledger.create_saga(catalog().new_saga(case.scenario.kind, inputs))
+    saga, _ = ledger.create_saga(catalog().new_saga(case.scenario.kind, inputs, options=MECHANICS))
     baseline = sim.last_request()
     sim.add_faults(case.rule())
     final = run_to_an_end(ledger, matrix_settings(settings), saga.id)

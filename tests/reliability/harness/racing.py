@@ -15,6 +15,7 @@ from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings
 from tasks.registry import catalog
+from tests.conftest import MECHANICS
 from tests.reliability.harness.world import (
     DOMAIN,
     CaseResult,
@@ -58,7 +59,7 @@ def racing_runners(
                 sim.control.post("/_sim/droplets", json={"name": f"web-{i}"}).json()["droplet"]["id"]
             )
             inputs, kind = {"droplet_id": droplet}, ("suspend" if i % 3 else "snapshot")
-        saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs))
+        saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs, options=MECHANICS))
         sagas.append((saga.id, inputs, kind))
     settings = settings.model_copy(update={"do_rate_window_scale": 0.02})
     outcomes: dict[uuid.UUID, list[str]] = {saga_id: [] for saga_id, _, _ in sagas}
