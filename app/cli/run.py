@@ -25,6 +25,7 @@ from app.cli.render import print_saga
 from app.running import run_flow
 from sagas.errors import ResourceBusyError, SagaBusyError
 from sagas.models import SagaStatus
+from sagas.outcome import outcome_line
 
 
 def run(
@@ -86,7 +87,10 @@ def run(
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
-        print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
+        steps_now = application.ledger.list_step_results(saga.id)
+        print_saga(saga, steps_now, as_json)
+        if saga.status is SagaStatus.AWAITING_APPROVAL:
+            err.print(outcome_line(saga, steps_now), markup=False)
         raise typer.Exit(exit_code_of(saga.status))
 
 
