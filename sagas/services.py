@@ -1,6 +1,7 @@
 """What steps depend on, built once per runner: settings, provider clients, the clock.
 
-Clients are created lazily, one per token purpose, and closed with the services.
+Clients are created lazily, one per token purpose, and closed with the services. Their rate
+budget is shared through ``budget_store`` when one is given (``app.wiring`` gives the ledger's).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sagas.settings import Settings, TokenPurpose
 
 if TYPE_CHECKING:
     from sagas.digitalocean.client import DigitalOceanClient
+    from sagas.digitalocean.shared_budget import BudgetStore
 
 
 @dataclass
@@ -26,6 +28,9 @@ class Services:
     monotonic: Callable[[], float] = time.monotonic
     # Where tokens come from before the environment (flows plug in Prefect Secret blocks).
     token_source: Callable[[TokenPurpose], SecretStr | None] | None = None
+    # Where the token's rate budget is shared with every other process (the wiring plugs in the
+    # ledger's Postgres); None keeps one budget per process.
+    budget_store: BudgetStore | None = None
     _clients: dict[TokenPurpose, DigitalOceanClient] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -46,7 +51,9 @@ class Services:
                     deadline=s.do_retry_deadline_seconds,
                     sleep=self.sleep,
                 )
-                client = DigitalOceanClient.from_settings(s, purpose, retry=retry)
+                client = DigitalOceanClient.from_settings(
+                    s, purpose, retry=retry, budget_store=self.budget_store
+                )
                 self._clients[purpose] = client
             return client
 
