@@ -1,4 +1,4 @@
-"""A request budget per DigitalOcean token, so concurrent sagas never see a 429; and whose requests go first.
+"""A request budget per DigitalOcean token, so concurrent sagas never see a 429, and which requests go first.
 
 DigitalOcean counts every request against its token for one minute (250) and one hour (5,000),
 each request expiring on its own timer. ``RateBudget`` keeps the same two sliding windows in this
@@ -7,24 +7,25 @@ called with each response's headers in the thread that acquired, counts that req
 the moment its response arrived (the provider counted it when it arrived, which may be well after
 ``acquire()`` on a busy machine; counting from the response is never early), and tightens the
 budget to ``ratelimit-remaining`` / ``ratelimit-reset`` / ``retry-after``, which also count requests
-made elsewhere with the same token; it never loosens the local windows.
+made elsewhere with the same token; it never loosens the local windows. The budgets the client
+uses (``budget_for_token``) keep counting a request that has not been answered yet for as long
+as it is in flight (``in_flight``): it may reach the provider late, after waiting for a
+connection, and the provider counts it from its arrival.
 
 **Priorities.** ``request_priority(Priority.COMPENSATION)`` marks the requests made inside it (a
 context variable: it follows the code into Prefect task runs of the same thread, not into new
 threads). Waiting requests are served most urgent first, first come first served within a
-priority, and each priority may fill only part of each window (``RESERVES``): the rest is kept
+priority, and each priority may fill only part of each window (``RESERVES``); the rest is kept
 spare for the priorities above it, so a rollback started while the fleet saturates the budget
 does not queue behind the fleet:
 
-============  ==============================  ================================
-priority      minute window (250)             hour window (5,000)
-============  ==============================  ================================
-COMPENSATION  all of it                       all of it
-INTERACTIVE   all of it                       95% (250 kept for compensations)
-SCHEDULED     96% (10 kept spare each minute)  80% (1,000 kept for the others)
-============  ==============================  ================================
+- ``COMPENSATION`` may fill both windows;
+- ``INTERACTIVE`` (the default: sagas a person started) the whole minute and 95% of the hour
+  (250 of 5,000 requests an hour are kept for compensations);
+- ``SCHEDULED`` (the fleet) 96% of the minute and 80% of the hour (10 of 250 requests a minute,
+  1,000 of 5,000 an hour are kept for the others).
 
-(reserves round down, so a tiny limit keeps none). Requests default to ``INTERACTIVE``.
+Reserves round down, so a tiny limit keeps none.
 
 ``budget_for_token()`` hands every client of one token in this process the same budget. The one
 budget shared by every process and machine is ``shared_budget.SharedRateBudget``, which keeps the

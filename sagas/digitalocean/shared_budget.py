@@ -20,10 +20,12 @@ provider's headers) for all the token's users at once:
   clocks need agree. Nothing is granted past a priority's ceiling in either window, or past the
   allowance the provider's headers left, which is shared through the store when it runs low.
 - **A process that dies holds nothing.** Its leases lapse ``hold`` after their grant and stop
-  counting ``window`` + guard after that, as the requests it may have sent expire at the provider;
-  its place in the priority queue lapses within 1/10 of a window. Nothing needs cleaning up.
+  counting ``window`` + guard after that, as the requests it may have sent expire at the provider
+  (the hour window keeps them for its hour, as the provider does); its place in the priority
+  queue lapses within 3/20 of a window. Nothing needs cleaning up.
 - **Priorities across processes.** A process whose most urgent waiting request cannot be served
-  registers as waiting, with its priority, for 1/10 of a window (renewed while it waits); once
+  registers as waiting, with its priority, for 3/20 of a window (renewed at least every 1/10
+  while it waits, so a dead process's place lapses within 9 s of real time); once
   served it stays registered for 1/50 of a window more, so that a busy process's next request
   does not lose its turn. A lease for a lower priority is refused while another process is
   registered with a higher one, so the next slots that free go to the rollback, not to the fleet
@@ -253,6 +255,8 @@ class SharedRateBudget:
                         timeout = held_back
                     elif first and not self._fetching:
                         timeout = self._retry_at[priority] - now
+                    elif self._fetching:  # woken when it ends; a store that hangs is given up on
+                        timeout = min(self._poll, STORE_PATIENCE_SECONDS)
                     else:
                         timeout = self._poll  # woken when its turn may have come
                     turn = self._turns.ready_to_wait(me)
@@ -317,7 +321,8 @@ class SharedRateBudget:
             and self._spendable_locked(now, priority) < self._block // 2
         ):
             self._lease_locked(priority, now)
-            self._turns.wake(self._spendable_locked(time.monotonic(), priority))
+            # Those the new slots may serve, and the first in line (to ask again when told).
+            self._turns.wake(self._spendable_locked(time.monotonic(), priority) + 1)
         return now
 
     def _usable_locked(self, now: float, priority: Priority) -> list[_Lease]:
