@@ -406,6 +406,24 @@ def test_in_one_process_a_waiting_compensation_goes_before_the_queued_fleet(
     assert sorted(order[1:]) == [f"fleet-{i}" for i in range(4)]
 
 
+def test_the_providers_word_when_the_budget_runs_low_holds_back_every_process(
+    store: PostgresBudgetStore,
+) -> None:
+    key = fresh_key()
+    here = SharedRateBudget(store, key, per_minute=1000, per_hour=100_000, scale=0.05)
+    here.acquire()
+    here.observe({"retry-after": "2", "ratelimit-remaining": "0"})  # a burst 429
+    paused = ask(store, key, "elsewhere", Priority.COMPENSATION, 1)
+    assert paused.slots == 0
+    assert paused.retry_in == pytest.approx(2.0, abs=0.3)
+    # The hour is nearly spent, says the provider: 3 more until the reset, for everyone.
+    reset = str(int(time.time()) + 30)
+    here.observe({"ratelimit-remaining": "3", "ratelimit-reset": reset})
+    time.sleep(2.1)
+    assert ask(store, key, "elsewhere", Priority.COMPENSATION, 10).slots == 3
+    assert ask(store, key, "elsewhere", Priority.COMPENSATION, 1).slots == 0
+
+
 class SwitchableStore:
     """The real store behind a switch: off, every call fails as an unreachable server's would."""
 

@@ -292,9 +292,10 @@ class SharedRateBudget:
                 slot.last_response = now
             if signal is not None:
                 self._signal.apply(signal, now, self._minute)
+                # A pause always; a low count at most once per poll, not with every response.
                 low = signal.remaining is not None and signal.remaining < self.per_minute
                 push = signal.pause is not None or (low and now - self._last_push >= self._poll)
-                if push:
+                if push and signal.pause is None:
                     self._last_push = now
         # The fallback hears the provider too, and counts its own request from its response.
         if slot is _FALLBACK or signal is not None:
