@@ -35,8 +35,6 @@ from sagas.ratebudget_pg import PostgresBudgetStore
 from sagas.settings import Settings
 from tests.conftest import REPO, seed_droplet
 
-pytestmark = pytest.mark.slow
-
 LIMIT = 60
 SCALE = 0.02
 WINDOW = (60 + GUARD_SECONDS) * SCALE  # the client's minute, guard included: 1.22 s
@@ -140,6 +138,7 @@ def served_between(done: list[list[float]], start: float, end: float) -> int:
 # --- processes against the simulator -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [2, 4])
 def test_processes_sharing_a_token_stay_inside_its_rate_limit_together(
     budget_env: dict[str, str], sim: httpx.Client, workers: list[Worker], processes: int
@@ -165,6 +164,7 @@ def test_processes_sharing_a_token_stay_inside_its_rate_limit_together(
     assert sum(served) <= LIMIT * (seconds / (60 * SCALE) + 1), served
 
 
+@pytest.mark.slow
 def test_processes_with_a_budget_each_meet_the_providers_429s(
     budget_env: dict[str, str], sim: httpx.Client, workers: list[Worker]
 ) -> None:
@@ -180,6 +180,7 @@ def test_processes_with_a_budget_each_meet_the_providers_429s(
     assert counters(sim)["rate_limited_429"] > 0
 
 
+@pytest.mark.slow
 def test_a_killed_process_holds_nothing_once_its_leases_lapse(
     budget_env: dict[str, str],
     sim: httpx.Client,
@@ -228,6 +229,7 @@ def test_a_killed_process_holds_nothing_once_its_leases_lapse(
     assert served_between(done, after, end) >= 0.9 * fleet_ceiling * ((end - after) // WINDOW)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("priority", "fleet_share_below"),
     [("compensation", 0.25), ("scheduled", None)],
@@ -475,6 +477,7 @@ def test_a_budget_whose_store_fails_spends_a_quarter_locally_and_reports_it_afte
     assert sum(r.slots for r in store.reservations(key)) >= 1 + 10 + 1
 
 
+@pytest.mark.slow
 def test_the_token_never_reaches_the_store(
     budget_env: dict[str, str], sim: httpx.Client, workers: list[Worker], settings: Settings
 ) -> None:
