@@ -1,7 +1,8 @@
 """Build the ledger, the catalog, the services and the runner from settings: the one place that does.
 
 Every process builds its parts here: a flow run on a worker, its hooks, the recovery sweep, the
-fleet flow, the CLI and the demo. Two Prefect-specific sources plug in from here as plain
+fleet flow, the CLI and the demo. They all spend one DigitalOcean rate budget per token, kept in
+the ledger's Postgres (``PostgresBudgetStore``), whichever machine they run on. Two Prefect-specific sources plug in from here as plain
 callables, so the core never imports Prefect: tokens from Prefect Secret blocks (when a block is
 named in settings) and the launcher that starts a saga's flow run on its kind's deployment. Both
 import Prefect only when they are called.
@@ -18,11 +19,13 @@ from typing import Any
 from pydantic import SecretStr
 
 from sagas.context import Launcher, Provisioning
+from sagas.digitalocean.shared_budget import BudgetStore
 from sagas.errors import ConfigurationError
 from sagas.invocation import Invoke, invoke_directly
 from sagas.ledger.database import engine_for
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun
+from sagas.ratebudget_pg import PostgresBudgetStore
 from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings, TokenPurpose, check_token, load_settings
@@ -45,10 +48,12 @@ class App:
     catalog: Catalog
     token_source: TokenSource | None = None
     launch: Launcher | None = None
+    # The DigitalOcean rate budget every process shares (the ledger's Postgres); None: per process.
+    budget_store: BudgetStore | None = None
 
     def services(self) -> Services:
         """Fresh services (provider clients are made lazily and closed with them)."""
-        return Services(self.settings, token_source=self.token_source)
+        return Services(self.settings, token_source=self.token_source, budget_store=self.budget_store)
 
     def runner(self, invoke: Invoke[Any] = invoke_directly) -> Runner:
         return Runner(self.ledger, self.catalog, self.services(), invoke)
@@ -60,12 +65,14 @@ class App:
 def build_app(settings: Settings | None = None) -> App:
     """The process's parts from the environment (or the given settings)."""
     settings = settings or load_settings()
+    engine = engine_for(settings)
     return App(
         settings=settings,
-        ledger=Ledger(engine_for(settings)),
+        ledger=Ledger(engine),
         catalog=_catalog_factory(),
         token_source=lambda purpose: secret_block_token(settings, purpose),
         launch=launch_on_deployment,
+        budget_store=PostgresBudgetStore(engine),
     )
 
 

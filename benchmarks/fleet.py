@@ -65,17 +65,17 @@ def run(mode: str) -> list[Any]:
                 import tasks.waiting
 
                 tasks.waiting.TYPICAL.enabled = False  # the original: poll at once, then every 5 s
+            from app.wiring import build_app
             from flows.fleet import fleet_snapshot
-
-            # Start in steady state: spend the first minute's allowance evenly, as a fleet that has been
-            # running for a while would have, so the window holds no unspent burst of 250 requests.
-            from sagas.digitalocean.client import DigitalOceanClient
             from sagas.ledger.database import engine_for
             from sagas.settings import TokenPurpose, load_settings
 
-            warm = DigitalOceanClient.from_settings(load_settings(), TokenPurpose.READ)
+            # Start in steady state: spend the first minute's allowance evenly, as a fleet that has been
+            # running for a while would have, so the window holds no unspent burst of 250 requests;
+            # through the budget the flow spends (the one shared in the ledger), as every process does.
+            warm = build_app().services()
             for _ in range(LIMIT):
-                warm.get_droplet(droplets[0])
+                warm.digitalocean(TokenPurpose.READ).get_droplet(droplets[0])
                 time.sleep(60 * SCALE / LIMIT)
             warm.close()
             before = simulator_counters(sim_url)

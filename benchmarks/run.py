@@ -104,6 +104,7 @@ def main() -> int:
 
     bench("ledger cost", ["benchmarks.ledger_bench", "cost"], {})
     bench("ledger at scale", ["benchmarks.ledger_bench", "scale"], {})
+    bench("budget overhead", ["benchmarks.budget"], {})
     needs_prefect = ("orchestration overhead", "fleet", "fleet baseline", "concurrency")
     prefect: contextlib.AbstractContextManager[dict[str, str]]
     if only and not any(word in label for label in needs_prefect for word in only):

@@ -1,8 +1,10 @@
 """Nightly fleet snapshots: one snapshot saga per droplet carrying a tag, concurrency-bounded.
 
-Every saga shares the process's DigitalOcean rate budget (250 requests a minute, 5,000 an hour,
-per token), so a large fleet slows down instead of meeting 429s. A droplet held by another saga
-(a suspend in progress, say) is skipped and reported, not waited for. Saga ids derive from the
+Every saga shares the token's DigitalOcean rate budget (250 requests a minute, 5,000 an hour,
+per token) with every other process, so a large fleet slows down instead of meeting 429s. Its
+requests are scheduled work (``Priority.SCHEDULED``): a rollback or a saga a person started
+meanwhile is served first, and the fleet leaves part of each window to them. A droplet held by
+another saga (a suspend in progress, say) is skipped and reported, not waited for. Saga ids derive from the
 flow run and the droplet, so a retried flow run resumes its sagas instead of doubling them.
 """
 
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from app.wiring import App, build_app
 from flows.parameters import flat_function
+from sagas.digitalocean.ratelimit import Priority, request_priority
 from sagas.errors import ResourceBusyError, SagaBusyError, SagaError
 from sagas.fields import DropletTag, SnapshotLabel, TriggeredBy
 from sagas.runner import Mode
@@ -58,7 +61,9 @@ def _snapshot_one(app: App, params: FleetParameters, droplet_id: int, run_key: s
         return {"droplet": droplet_id, "saga": "", "status": "skipped", "detail": str(exc)}
     runner = app.runner()
     try:
-        final = runner.advance(saga.id, Mode.FULL)
+        # Set here, in the pool's thread: a context variable does not follow the work into it.
+        with request_priority(Priority.SCHEDULED):
+            final = runner.advance(saga.id, Mode.FULL)
     except SagaBusyError as exc:
         return {"droplet": droplet_id, "saga": str(saga.id), "status": "busy", "detail": str(exc)}
     except SagaError as exc:
@@ -92,9 +97,10 @@ def _fleet_snapshot(params: FleetParameters) -> dict[str, Any]:
     app = build_app()
     reader = app.runner().services
     try:
-        droplets = sorted(
-            d.id for d in reader.digitalocean(TokenPurpose.READ).list_droplets(tag_name=params.tag)
-        )
+        with request_priority(Priority.SCHEDULED):
+            droplets = sorted(
+                d.id for d in reader.digitalocean(TokenPurpose.READ).list_droplets(tag_name=params.tag)
+            )
     finally:
         reader.close()
     run_key = str(flow_run.id or uuid.uuid4())

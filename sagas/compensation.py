@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sagas.digitalocean.ratelimit import Priority, request_priority
 from sagas.errors import LeaseLostError, LedgerError, StepTimeoutError
 from sagas.hold import SagaHold
 from sagas.invocation import NOT_RETRIED, Invoke, Phase, describe
@@ -28,7 +29,13 @@ _log = logging.getLogger("sagas.runner")
 
 def compensate(hold: SagaHold, catalog: Catalog, invoke: Invoke[Any], saga: SagaRun) -> None:
     """Roll the saga back as far as its ledger says is left; ends ``rolled_back`` or
-    ``compensation_failed``. ``invoke`` runs a step's function (as a Prefect task, in flows)."""
+    ``compensation_failed``. ``invoke`` runs a step's function (as a Prefect task, in flows).
+    Its provider requests go first in the shared rate budget: an undo must not wait behind a fleet."""
+    with request_priority(Priority.COMPENSATION):
+        _compensate(hold, catalog, invoke, saga)
+
+
+def _compensate(hold: SagaHold, catalog: Catalog, invoke: Invoke[Any], saga: SagaRun) -> None:
     ledger, lease, services = hold.ledger, hold.lease, hold.services
     rows = {r.step_idx: r for r in ledger.list_step_results(saga.id)}
     outputs = {r.step_name: r.output for r in rows.values()}

@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from sagas.compensation import compensate
+from sagas.digitalocean.ratelimit import Priority, request_priority
 from sagas.errors import (
     DefinitionMismatchError,
     IdempotencyConflictError,
@@ -76,6 +77,12 @@ def _forward_worth_retrying(exc: BaseException) -> bool:
     return not isinstance(exc, NOT_RETRIED)
 
 
+def _priority_of(saga: SagaRun) -> Priority:
+    """Whose requests these are, for the shared rate budget: scheduled work (the nightly fleet)
+    waits behind what a person started; compensations go first (``sagas.compensation``)."""
+    return Priority.SCHEDULED if saga.triggered_by.startswith("schedule:") else Priority.INTERACTIVE
+
+
 class Runner:
     def __init__(
         self,
@@ -101,7 +108,7 @@ class Runner:
         heartbeat = Heartbeat(self.ledger, lease, clock=self.services.monotonic)
         self.services.halt_on(heartbeat.lost)
         try:
-            with heartbeat:
+            with heartbeat, request_priority(_priority_of(saga)):
                 self._advance(SagaHold(self.ledger, self.services, lease, heartbeat), saga, mode, reason)
         except LeaseLostError:
             _log.error("lost the lease on saga %s; stopped without writing more", saga_id)

@@ -1,8 +1,9 @@
 """What steps depend on, built once per runner: settings, provider clients, the clock.
 
-Clients are created lazily, one per token purpose, and closed with the services. ``halt_on``
-gives the clients an event that, once set (the runner lost its lease), stops every further
-provider request at once with LeaseLostError: fencing reaches the provider, not only the ledger.
+Clients are created lazily, one per token purpose, and closed with the services. Their rate
+budget is shared through ``budget_store`` when one is given (``app.wiring`` gives the ledger's).
+``halt_on`` gives the clients an event that, once set (the runner lost its lease), stops every
+further provider request at once with LeaseLostError: fencing reaches the provider, not only the ledger.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sagas.settings import Settings, TokenPurpose
 
 if TYPE_CHECKING:
     from sagas.digitalocean.client import DigitalOceanClient
+    from sagas.digitalocean.shared_budget import BudgetStore
 
 
 @dataclass
@@ -29,6 +31,9 @@ class Services:
     monotonic: Callable[[], float] = time.monotonic
     # Where tokens come from before the environment (flows plug in Prefect Secret blocks).
     token_source: Callable[[TokenPurpose], SecretStr | None] | None = None
+    # Where the token's rate budget is shared with every other process (the wiring plugs in the
+    # ledger's Postgres); None keeps one budget per process.
+    budget_store: BudgetStore | None = None
     _clients: dict[TokenPurpose, DigitalOceanClient] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _halt: threading.Event | None = field(default=None, repr=False)
@@ -63,7 +68,7 @@ class Services:
                     sleep=self.sleep,
                 )
                 client = DigitalOceanClient.from_settings(
-                    s, purpose, retry=retry, before_send=self._check_halt
+                    s, purpose, retry=retry, before_send=self._check_halt, budget_store=self.budget_store
                 )
                 self._clients[purpose] = client
             return client

@@ -22,7 +22,12 @@ from tests.conftest import REPO
 PACKAGES = ("app", "sagas", "flows", "tasks", "deployments", "benchmarks", "tests")
 
 SIMULATOR = ("sagas.digitalocean.simulator",)
-CLIENT = ("sagas.digitalocean.client", "sagas.digitalocean.models", "sagas.digitalocean.ratelimit")
+CLIENT = (
+    "sagas.digitalocean.client",
+    "sagas.digitalocean.models",
+    "sagas.digitalocean.ratelimit",
+    "sagas.digitalocean.shared_budget",
+)
 LEDGER = ("sagas.ledger",)
 
 # (who, may not import, why)

@@ -9,7 +9,14 @@ import pytest
 from pydantic import SecretStr
 
 from sagas.digitalocean import ratelimit
-from sagas.digitalocean.ratelimit import RateBudget, budget_for_token
+from sagas.digitalocean.ratelimit import (
+    Priority,
+    RateBudget,
+    budget_for_token,
+    ceilings,
+    current_priority,
+    request_priority,
+)
 
 
 class FakeClock:
@@ -173,3 +180,98 @@ def test_budget_for_token_shares_one_budget_per_token_and_never_keeps_the_token(
 def test_nonsense_limits_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RateBudget(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_request_counts_from_its_response_not_from_when_it_was_let_through() -> None:
+    """The provider counts a request when it arrives; its response is the latest that can be."""
+    clock = FakeClock()
+    budget = fake_budget(clock, per_minute=2)
+    budget.acquire()
+    clock.now += 5  # a slow request: its response comes 5 s later
+    budget.observe({})
+    budget.acquire()
+    budget.observe({})
+    assert budget.pending_delay() == pytest.approx(60.0)  # from the response, not 55 s
+    budget.acquire()
+    assert sum(clock.sleeps) == pytest.approx(60.0)
+
+
+def test_requests_are_interactive_unless_marked_and_the_mark_ends_with_its_block() -> None:
+    assert current_priority() is Priority.INTERACTIVE
+    with request_priority(Priority.SCHEDULED):
+        assert current_priority() is Priority.SCHEDULED
+        with request_priority(Priority.COMPENSATION):
+            assert current_priority() is Priority.COMPENSATION
+        assert current_priority() is Priority.SCHEDULED
+    assert current_priority() is Priority.INTERACTIVE
+
+
+def test_scheduled_requests_leave_part_of_each_window_to_the_others() -> None:
+    assert ceilings(250, 5000, Priority.SCHEDULED) == (240, 4000)
+    assert ceilings(250, 5000, Priority.INTERACTIVE) == (250, 4750)
+    assert ceilings(250, 5000, Priority.COMPENSATION) == (250, 5000)
+    assert ceilings(5, 4, Priority.SCHEDULED) == (5, 4)  # too small to keep anything back
+    clock = FakeClock()
+    budget = fake_budget(clock, per_minute=50)
+    with request_priority(Priority.SCHEDULED):
+        for _ in range(48):
+            budget.acquire()
+        assert budget.pending_delay() == pytest.approx(60.0)
+    with request_priority(Priority.COMPENSATION):
+        budget.acquire()
+        budget.acquire()
+    assert clock.sleeps == []
+
+
+def test_a_burst_429_holds_every_request_back_for_its_retry_after() -> None:
+    clock = FakeClock()
+    budget = fake_budget(clock)
+    budget.observe(
+        {"retry-after": "7", "ratelimit-remaining": "0", "ratelimit-reset": str(int(clock.wall()) + 900)}
+    )
+    budget.acquire()
+    assert sum(clock.sleeps) == pytest.approx(7.0)  # the minute frees up; the hourly reset is moot
+
+
+def test_a_waiting_compensation_goes_before_scheduled_requests_that_waited_longer() -> None:
+    budget = RateBudget(2, 10_000, scale=0.01)  # a "minute" of 0.6 s
+    budget.acquire()
+    budget.acquire()
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def request(priority: Priority, name: str) -> None:
+        with request_priority(priority):
+            budget.acquire()
+        with lock:
+            order.append(name)
+
+    threads = [threading.Thread(target=request, args=(Priority.SCHEDULED, f"fleet-{i}")) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)  # the fleet's requests are queued behind the full window
+    rollback = threading.Thread(target=request, args=(Priority.COMPENSATION, "rollback"))
+    rollback.start()
+    for thread in [*threads, rollback]:
+        thread.join(timeout=10)
+    assert order[0] == "rollback"
+    assert sorted(order[1:]) == ["fleet-0", "fleet-1", "fleet-2"]
+
+
+def test_a_request_not_answered_yet_keeps_counting_after_its_window() -> None:
+    """It may still be on its way (waiting for a connection): the provider counts it on arrival."""
+    clock = FakeClock()
+    budget = RateBudget(
+        1, 100, in_flight=60.0, clock=clock.monotonic, wall_clock=clock.wall, sleep=clock.sleep
+    )
+    budget.acquire()
+    clock.now += 61  # past its window, still unanswered
+    assert budget.pending_delay() > 0
+    clock.now += 9
+    budget.observe({})  # answered 70 s after it was let through: counts from now
+    assert budget.pending_delay() == pytest.approx(60.0)
+    clock.now += 60
+    assert budget.pending_delay() == 0.0
+    budget.acquire()
+    clock.now += 60 + 61  # never answered: it stops counting after its window and in_flight
+    assert budget.pending_delay() == 0.0

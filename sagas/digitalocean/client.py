@@ -57,7 +57,8 @@ from sagas.digitalocean.models import (
     SnapshotEnvelope,
     SnapshotPage,
 )
-from sagas.digitalocean.ratelimit import RateBudget, budget_for_token
+from sagas.digitalocean.ratelimit import RequestBudget, budget_for_token
+from sagas.digitalocean.shared_budget import BudgetStore, shared_budget_for_token
 from sagas.errors import (
     AmbiguousWriteError,
     ConfigurationError,
@@ -110,7 +111,7 @@ class DigitalOceanClient:
         http: httpx.Client,
         token: SecretStr,
         *,
-        budget: RateBudget | None = None,
+        budget: RequestBudget | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         max_rate_limit_wait: float = MAX_RATE_LIMIT_WAIT,
         before_send: Callable[[], None] | None = None,
@@ -144,8 +145,10 @@ class DigitalOceanClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         max_rate_limit_wait: float = MAX_RATE_LIMIT_WAIT,
         before_send: Callable[[], None] | None = None,
+        budget_store: BudgetStore | None = None,
     ) -> DigitalOceanClient:
-        """A client for ``purpose``'s token that owns its httpx client and shares the token's budget."""
+        """A client for ``purpose``'s token that owns its httpx client and shares the token's budget:
+        with every process that uses ``budget_store``, or else with this process's other clients."""
         token = settings.do_token_for(purpose)
         http = httpx.Client(
             base_url=settings.do_api_url,
@@ -154,12 +157,22 @@ class DigitalOceanClient:
             headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
             follow_redirects=False,
         )
-        budget = budget_for_token(
-            token,
-            settings.do_rate_limit_per_minute,
-            settings.do_rate_limit_per_hour,
-            scale=settings.do_rate_window_scale,
-        )
+        budget: RequestBudget
+        if budget_store is not None:
+            budget = shared_budget_for_token(
+                token,
+                budget_store,
+                settings.do_rate_limit_per_minute,
+                settings.do_rate_limit_per_hour,
+                scale=settings.do_rate_window_scale,
+            )
+        else:
+            budget = budget_for_token(
+                token,
+                settings.do_rate_limit_per_minute,
+                settings.do_rate_limit_per_hour,
+                scale=settings.do_rate_window_scale,
+            )
         try:
             client = cls(
                 http,
@@ -407,6 +420,7 @@ class DigitalOceanClient:
                     self._budget.acquire()
                 request = self._build(where, method, path, params, payload)
                 unsendable: str | None = None
+                response: httpx.Response | None = None
                 try:
                     response = self._http.send(request)
                 except httpx.LocalProtocolError as exc:
@@ -432,14 +446,18 @@ class DigitalOceanClient:
                         f"{where}: the response could not be read ({type(exc).__name__}: {exc});"
                         " report it with the time of the request.",
                     ) from exc
+                finally:
+                    if self._budget is not None:
+                        # Answered or not (a lost response was counted all the same), the request
+                        # is counted from now on: the provider counted it no later than this.
+                        self._budget.observe(response.headers if response is not None else {})
                 if unsendable is not None:
                     # Raised outside the handler, so the cause is neither printed nor kept as context.
                     raise self._unsendable(where, unsendable)
 
+                assert response is not None  # every path without one raised above
                 status = response.status_code
                 logger.debug("%s %s -> %s", method, path, status)
-                if self._budget is not None:
-                    self._budget.observe(response.headers)
 
                 if 200 <= status < 300:
                     return self._parse(where, response, model)

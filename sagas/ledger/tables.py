@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -185,3 +186,59 @@ operator_actions = Table(
 )
 Index("operator_actions_performed_idx", operator_actions.c.performed_at.desc(), operator_actions.c.id)
 Index("operator_actions_target_idx", operator_actions.c.target)
+
+# The DigitalOcean rate budget every process shares (migration 0008; the rules are in
+# ``sagas/digitalocean/shared_budget.py``, the SQL in ``rate_budget_lease``). Keyed by a SHA-256 of
+# the token, never the token. These rows are the budget's, not the ledger's: no saga reads them.
+rate_budgets = Table(
+    "rate_budgets",
+    metadata,
+    Column("token_key", Text, primary_key=True),
+    # The provider's word when it ran low: ``allowance`` more requests until ``allowance_until``;
+    # nothing at all until ``paused_until`` (a burst 429's retry-after).
+    Column("allowance", Integer),
+    Column("allowance_until", DateTime(timezone=True)),
+    Column("paused_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint("token_key ~ '^[0-9a-f]{64}$'", name="rate_budgets_token_key_check"),
+)
+
+# Slots granted to one process: counted in the minute window until ``minute_until`` and in the
+# hour window until ``hour_until`` (``use_by`` + window, or the last answer + window once settled).
+rate_budget_leases = Table(
+    "rate_budget_leases",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("token_key", Text, ForeignKey("rate_budgets.token_key", ondelete="CASCADE"), nullable=False),
+    Column("holder", Text, nullable=False),  # host:pid:random of the process
+    Column("priority", SmallInteger, nullable=False),
+    Column("slots", Integer, nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+    Column("use_by", DateTime(timezone=True), nullable=False),
+    Column("minute_until", DateTime(timezone=True), nullable=False),
+    Column("hour_until", DateTime(timezone=True), nullable=False),
+    CheckConstraint("priority BETWEEN 0 AND 2", name="rate_budget_leases_priority_check"),
+    CheckConstraint("slots >= 0", name="rate_budget_leases_slots_check"),
+)
+Index(
+    "rate_budget_leases_live_idx",
+    rate_budget_leases.c.token_key,
+    rate_budget_leases.c.hour_until,
+    postgresql_include=["minute_until", "slots"],
+)
+
+# A process waiting for slots at a priority, until ``until`` (renewed while it waits).
+rate_budget_waiters = Table(
+    "rate_budget_waiters",
+    metadata,
+    Column(
+        "token_key",
+        Text,
+        ForeignKey("rate_budgets.token_key", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("holder", Text, primary_key=True),
+    Column("priority", SmallInteger, primary_key=True),
+    Column("until", DateTime(timezone=True), nullable=False),
+    CheckConstraint("priority BETWEEN 0 AND 2", name="rate_budget_waiters_priority_check"),
+)
