@@ -167,6 +167,7 @@ def main(argv: list[str]) -> int:
             if "db" in only:
                 started = time.monotonic()
                 section = harness.database_faults(first.sim, first.fresh_ledger(), first.settings, 3 * scale)
+                section += harness.ledger_blips(first.sim, first.fresh_ledger(), first.settings, 2 * scale)
                 _report(f"database faults ({time.monotonic() - started:.0f}s)", section)
                 results += section
         if "input" in only:

@@ -15,7 +15,7 @@ The names callers use are gathered here.
 
 from tests.reliability.harness.cancel import CancelCase, cancel_cases, run_cancel_case
 from tests.reliability.harness.crash import POINTS, CrashCase, crash_cases, run_crash_case
-from tests.reliability.harness.db_faults import database_faults, kill_ledger_connections
+from tests.reliability.harness.db_faults import database_faults, kill_ledger_connections, ledger_blips
 from tests.reliability.harness.fault_matrix import (
     FAULTS,
     FaultCase,
@@ -62,6 +62,7 @@ __all__ = [
     "held_line",
     "judge",
     "kill_ledger_connections",
+    "ledger_blips",
     "racing_runners",
     "run_cancel_case",
     "run_cases_in_parallel",
