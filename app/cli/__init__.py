@@ -30,7 +30,7 @@ from typing import Any
 
 import typer
 
-from app.cli import inspect, operate, run, tools
+from app.cli import inspect, operate, run, terminal, tools
 from app.cli.common import out
 
 cli = typer.Typer(
@@ -54,11 +54,14 @@ db.command("upgrade")(tools.db_upgrade)
 
 
 @cli.callback()
-def _layout() -> None:
+def _layout(ctx: typer.Context) -> None:
     # Piped or captured output has no terminal width to fit: lay tables out wide, so that ids and
     # names stay whole for grep. A terminal keeps its own width.
     if not out.is_terminal:
         out.width = 200
+    # Log records print the quiet way (``app.cli.terminal``) until the command ends; ``--verbose``
+    # on a command turns everything on.
+    ctx.call_on_close(terminal.install())
 
 
 def _exit_on_sigterm() -> None:

@@ -11,35 +11,51 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import EXIT_NOT_COMPLETED, EXIT_OK, build, err, errors, out, parse_id
+from app.cli import terminal
+from app.cli.common import (
+    EXIT_NOT_COMPLETED,
+    EXIT_OK,
+    Verbose,
+    build,
+    err,
+    errors,
+    find_id,
+    out,
+    say_outcome,
+)
 from app.cli.render import orphan_json, print_orphans, print_saga
 from sagas.models import SagaStatus
 
 
 def retry_compensation(
-    saga_id: Annotated[str, typer.Argument(help="A compensation_failed saga.")],
+    saga_id: Annotated[
+        str, typer.Argument(help="A compensation_failed saga (its id, or 8+ hex digits of it).")
+    ],
     by: Annotated[str | None, typer.Option(help="Who retries it (default: your user name).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Finish the rollback of a compensation_failed saga once the cause is fixed; exit 0 when rolled back."""
     from sagas.operator.resolution import retry_compensation as retry
 
+    terminal.be_verbose(verbose)
     with errors():
-        target = parse_id(saga_id)
         application = build()
+        target = find_id(application, saga_id)
         runner = application.runner()
         try:
             saga = retry(runner, target, by=by or application.settings.user)
         finally:
             runner.services.close()
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
-        if saga.status is not SagaStatus.ROLLED_BACK:
-            err.print(f"saga {saga.id} is {saga.status.value}: {saga.error}", markup=False)
+        say_outcome(application, saga)
         raise typer.Exit(EXIT_OK if saga.status is SagaStatus.ROLLED_BACK else EXIT_NOT_COMPLETED)
 
 
 def resolve(
-    saga_id: Annotated[str, typer.Argument(help="The saga an operator fixed by hand.")],
+    saga_id: Annotated[
+        str, typer.Argument(help="The saga an operator fixed by hand (its id, or 8+ hex digits of it).")
+    ],
     note: Annotated[str, typer.Option(help="What was done by hand, and why (required).")],
     by: Annotated[str | None, typer.Option(help="Who resolved it (default: your user name).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
@@ -48,8 +64,8 @@ def resolve(
     from sagas.operator.resolution import resolve_saga
 
     with errors():
-        target = parse_id(saga_id)
         application = build()
+        target = find_id(application, saga_id)
         saga = resolve_saga(
             application.ledger,
             target,

@@ -8,16 +8,20 @@ from typing import Annotated
 
 import typer
 
+from app.cli import terminal
 from app.cli.common import (
     EXIT_NOT_COMPLETED,
     EXIT_OK,
+    Verbose,
     build,
     err,
     errors,
+    find_id,
     out,
     parse_id,
     parse_inputs,
     parse_steps,
+    say_outcome,
     watching,
 )
 from app.cli.render import print_saga
@@ -40,8 +44,10 @@ def run(
     wait: Annotated[
         float, typer.Option(help="If another saga holds the droplet, wait up to this many seconds.")
     ] = 0.0,
+    verbose: Verbose = False,
 ) -> None:
     """Run a saga through its Prefect flow; exit 0 only when it completed."""
+    terminal.be_verbose(verbose)
     with errors():
         parsed = parse_inputs(inputs)
         chosen_id = parse_id(saga_id) if saga_id is not None else uuid.uuid4()
@@ -56,7 +62,7 @@ def run(
         while True:
             try:
                 with watching(application, new.id, as_json):
-                    saga = run_flow(
+                    outcome = run_flow(
                         application,
                         new.kind,
                         new.inputs,
@@ -70,18 +76,22 @@ def run(
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
+        saga = outcome.saga
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
+        say_outcome(application, saga, outcome.line)
         raise typer.Exit(EXIT_OK if saga.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
 
 
 def resume(
-    saga_id: Annotated[str, typer.Argument(help="The saga to finish.")],
+    saga_id: Annotated[str, typer.Argument(help="The saga to finish (its id, or 8+ hex digits of it).")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Finish a saga from where its ledger stands: forward, or on with its rollback."""
+    terminal.be_verbose(verbose)
     with errors():
-        target = parse_id(saga_id)
         application = build()
+        target = find_id(application, saga_id)
         before = application.ledger.get_saga(target)
         if before.status.is_terminal:
             # Nothing to do, so claim nothing and write nothing (a resolved saga stays resolved).
@@ -95,16 +105,21 @@ def resume(
         finally:
             runner.services.close()
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
+        say_outcome(application, saga)
         raise typer.Exit(EXIT_OK if saga.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
 
 
-def cancel(saga_id: Annotated[str, typer.Argument(help="The saga to cancel.")]) -> None:
+def cancel(
+    saga_id: Annotated[str, typer.Argument(help="The saga to cancel (its id, or 8+ hex digits of it).")],
+    verbose: Verbose = False,
+) -> None:
     """Ask a saga to stop and roll back. An idle saga is rolled back right here."""
     from sagas.runner import Mode
 
+    terminal.be_verbose(verbose)
     with errors():
-        target = parse_id(saga_id)
         application = build()
+        target = find_id(application, saga_id)
         saga = application.provisioning().cancel_saga(target)
         if saga.status.is_terminal:
             out.print(f"saga {saga.id} is already {saga.status.value}; nothing to cancel")
