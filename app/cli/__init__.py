@@ -11,14 +11,16 @@ Exit codes scripts can rely on:
   1  not done: the saga ended without completing (rolled_back, compensation_failed, failed,
      resolved); ``retry-compensation``: an undo failed again; ``orphans``: orphans remain (listed
      without ``--delete``, deletion declined, or a deletion failed)
-  2  bad input, nothing was written: a malformed id, bad JSON or inputs, an empty ``--note``, or
+  2  bad input, nothing was written: a malformed id, an id start several sagas share (listed),
+     bad JSON or inputs, an empty ``--note``, or
      a command that does not apply to the saga's status (``retry-compensation`` on anything but
      compensation_failed; ``resolve`` on a completed, rolled_back or resolved saga)
   3  busy: another runner holds the saga; nothing was written
-  4  no such saga
+  4  no such saga (no saga id starts with the start given)
   5  the ledger, a setting or the provider failed
 
-Prefect is imported only inside the commands that run a flow.
+A saga is named by its id or by a unique start of it (8 hex digits or more). Prefect is imported only
+inside the commands that run a flow.
 """
 
 from __future__ import annotations

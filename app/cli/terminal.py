@@ -3,9 +3,10 @@
 A normal run shows the saga's progress and its outcome line. An expected failure (a step that
 failed, an undo that was retried: anything in our error tree) is in the ledger, in the progress and
 in that line, so its log records stay off the terminal: no tracebacks, no per-try warnings of the
-runner, no task-run chatter. They are still logged: Prefect's API handler still ships every flow
-and task run record (tracebacks included) to the server, so they are in the run's logs in the UI,
-and a worker's terminal is untouched (this module is only installed by the ``sagas`` command).
+runner, no task-run chatter. Only the terminal is spared: the records are still made and every
+other handler gets them (Prefect's API handler ships each flow and task run record, tracebacks
+included, to the run's logs in the UI; ``PREFECT_LOGGING_EXTRA_LOGGERS=sagas`` adds ours), and a
+worker's output is untouched (only the ``sagas`` command installs this).
 
 ``--verbose`` shows everything: debug records of the ``sagas.*`` loggers and of Prefect's, with
 tracebacks. An unexpected exception (a bug, not our error tree) prints one line in a normal run,
