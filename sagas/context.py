@@ -43,15 +43,25 @@ def parse_saga_id(value: str | uuid.UUID) -> uuid.UUID:
         ) from None
 
 
-def saga_id_prefix(value: str) -> str | None:
-    """The hex digits of ``value`` if it is the start of a saga id, as 32 hex digits or as the UUID's
-    text (dashes where the text has them), lowercased; None if it is not."""
-    dashed = len(value) <= len(_UUID_SHAPE) and all(
+def saga_id_or_start(value: str | uuid.UUID) -> uuid.UUID | str:
+    """A whole saga id, or the start of one: its lowercase hex digits (8 to 32 of them), given as
+    hex digits alone or as the start of the UUID's text (dashes only where the text has them).
+
+    Checks the shape only, so a command can refuse a malformed id before it reaches the ledger.
+    """
+    if not isinstance(value, str) or len(value) == len(_UUID_SHAPE):
+        return parse_saga_id(value)  # a whole id (or not an id at all: refused, saying why)
+    dashed = len(value) < len(_UUID_SHAPE) and all(
         (c == "-") == (shape == "-") for c, shape in zip(value, _UUID_SHAPE, strict=False)
     )
     digits = value.replace("-", "") if dashed else value
     if not 0 < len(digits) <= 32 or any(c not in "0123456789abcdefABCDEF" for c in digits):
-        return None
+        return parse_saga_id(value)  # refused, saying what a saga id looks like
+    if len(digits) < SHORTEST_PREFIX:
+        raise InputError(
+            f"{value!r} is too short to find a saga by: give at least {SHORTEST_PREFIX} hex digits"
+            " of its id (see `sagas list`)"
+        )
     return digits.lower()
 
 
@@ -139,17 +149,10 @@ class Provisioning:
         A start that several sagas share is refused (InputError, naming them); one that no saga
         has is SagaNotFoundError. A full id is returned as it is, whether or not it exists.
         """
-        if not isinstance(value, str) or len(value) == len(_UUID_SHAPE):
-            return parse_saga_id(value)  # a whole id (or not an id at all: refused, saying why)
-        prefix = saga_id_prefix(value)
-        if prefix is None:
-            return parse_saga_id(value)
-        if len(prefix) < SHORTEST_PREFIX:
-            raise InputError(
-                f"{value!r} is too short to find a saga by: give at least {SHORTEST_PREFIX} hex digits"
-                " of its id (see `sagas list`)"
-            )
-        found = self.ledger.find_saga_ids_by_prefix(prefix, limit=_MOST_SHOWN + 1)
+        given = saga_id_or_start(value)
+        if isinstance(given, uuid.UUID):
+            return given
+        found = self.ledger.find_saga_ids_by_prefix(given, limit=_MOST_SHOWN + 1)
         if not found:
             raise SagaNotFoundError(f"no saga id starts with {value}: check the id with `sagas list`")
         if len(found) > 1:

@@ -10,8 +10,10 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,6 +214,18 @@ def test_every_command_taking_an_id_takes_a_unique_start_of_it(ledger: Ledger) -
     assert ledger.get_saga(one).status is SagaStatus.ROLLED_BACK
 
 
+def test_a_malformed_id_is_refused_before_the_ledger_is_reached(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAGAS_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
+    for command in (["show"], ["resume"], ["cancel"], ["retry-compensation"], ["resolve", "--note", "x"]):
+        for bad in ("not-a-uuid", "332fa17", "332fa-17d"):
+            result = run_cli(*command, bad)
+            assert result.exit_code == 2, (command, bad, result.output)
+    # A well-formed start does reach for the ledger, which is not there: exit 5, not a guess.
+    assert run_cli("show", "332fa17d").exit_code == 5
+
+
 def test_the_prefix_lookup_is_a_range_on_the_primary_key(ledger: Ledger) -> None:
     record(ledger, "00000000-0000-4000-8000-000000000000", droplet_id=1)
     record(ledger, "ffffffff-ffff-4fff-bfff-ffffffffffff", droplet_id=2)
@@ -310,9 +324,21 @@ def test_list_and_show_name_no_ledger_when_one_is_configured(ledger: Ledger) -> 
     assert "ledger:" not in run_cli("show", str(saga_id)).stderr
 
 
+@pytest.fixture
+def home_outside_pytest() -> Iterator[Path]:
+    """A SAGAS_HOME not under pytest's base temp: as root the embedded server runs as its own user,
+    through parents opened to it, and another pytest session starting meanwhile closes pytest's
+    base temp again (it keeps it 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="sagas-cli-embedded-"))
+    yield folder / "home"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_list_and_show_on_the_embedded_ledger_say_so_on_stderr_and_json_stays_pure(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_list_and_show_on_the_embedded_ledger_say_so_on_stderr_and_json_stays_pure(
+    home_outside_pytest: Path,
+) -> None:
+    home = home_outside_pytest
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAS_")}
     env["SAGAS_HOME"] = str(home)
     listed = sagas_process("list", "--json", env=env)

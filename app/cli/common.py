@@ -105,9 +105,17 @@ def parse_id(raw: str) -> uuid.UUID:
     return parse_saga_id(raw)
 
 
-def find_id(application: App, raw: str) -> uuid.UUID:
-    """An existing saga's id: the whole id, or a unique start of it (8 hex digits or more)."""
-    return application.provisioning().find_saga_id(raw)
+def read_id(raw: str) -> uuid.UUID | str:
+    """An existing saga's id as given, its shape checked before anything connects: the whole id, or
+    the start of one (8 hex digits or more); ``find_id`` looks a start up."""
+    from sagas.context import saga_id_or_start
+
+    return saga_id_or_start(raw)
+
+
+def find_id(application: App, given: uuid.UUID | str) -> uuid.UUID:
+    """The saga meant by ``read_id``'s answer: a whole id as it is, a start looked up (unique)."""
+    return application.provisioning().find_saga_id(given)
 
 
 def say_which_ledger(application: App) -> None:

@@ -19,6 +19,7 @@ from app.cli.common import (
     out,
     parse_inputs,
     parse_steps,
+    read_id,
     say_which_ledger,
 )
 from app.cli.render import print_saga, saga_json, status, table
@@ -68,10 +69,11 @@ def show(
 ) -> None:
     """Show a saga and every step: status, idempotency key, resource ids, attempts, errors, timings."""
     with errors():
+        given = read_id(saga_id)
         application = build()
         say_which_ledger(application)
         provisioning = application.provisioning()
-        saga = provisioning.get_saga(find_id(application, saga_id))
+        saga = provisioning.get_saga(find_id(application, given))
         steps = provisioning.list_step_results(saga.id)
         if timeline:
             from sagas.timeline import render_svg

@@ -21,6 +21,7 @@ from app.cli.common import (
     errors,
     find_id,
     out,
+    read_id,
     say_outcome,
 )
 from app.cli.render import orphan_json, print_orphans, print_saga
@@ -40,8 +41,9 @@ def retry_compensation(
 
     terminal.be_verbose(verbose)
     with errors():
+        given = read_id(saga_id)
         application = build()
-        target = find_id(application, saga_id)
+        target = find_id(application, given)
         runner = application.runner()
         try:
             saga = retry(runner, target, by=by or application.settings.user)
@@ -64,8 +66,9 @@ def resolve(
     from sagas.operator.resolution import resolve_saga
 
     with errors():
+        given = read_id(saga_id)
         application = build()
-        target = find_id(application, saga_id)
+        target = find_id(application, given)
         saga = resolve_saga(
             application.ledger,
             target,

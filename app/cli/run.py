@@ -21,6 +21,7 @@ from app.cli.common import (
     parse_id,
     parse_inputs,
     parse_steps,
+    read_id,
     say_outcome,
     watching,
 )
@@ -90,8 +91,9 @@ def resume(
     """Finish a saga from where its ledger stands: forward, or on with its rollback."""
     terminal.be_verbose(verbose)
     with errors():
+        given = read_id(saga_id)
         application = build()
-        target = find_id(application, saga_id)
+        target = find_id(application, given)
         before = application.ledger.get_saga(target)
         if before.status.is_terminal:
             # Nothing to do, so claim nothing and write nothing (a resolved saga stays resolved).
@@ -118,8 +120,9 @@ def cancel(
 
     terminal.be_verbose(verbose)
     with errors():
+        given = read_id(saga_id)
         application = build()
-        target = find_id(application, saga_id)
+        target = find_id(application, given)
         saga = application.provisioning().cancel_saga(target)
         if saga.status.is_terminal:
             out.print(f"saga {saga.id} is already {saga.status.value}; nothing to cancel")
