@@ -62,7 +62,7 @@ def run_demo(out: Console) -> int:
                 smoke_id,
                 "demo",
                 errors_to=out,
-            )
+            ).saga
         smoke_steps = {s.step_name: s.status.value for s in ledger.list_step_results(smoke.id)}
         left = _snapshots(control)
         _print_ledger(out, smoke, ledger)
@@ -81,7 +81,7 @@ def run_demo(out: Console) -> int:
                 plain_id,
                 "demo",
                 errors_to=out,
-            )
+            ).saga
         left = _snapshots(control)
         _print_ledger(out, plain, ledger)
         out.print(f"snapshots in the simulator: {[s['name'] for s in left]}")
@@ -111,10 +111,11 @@ def _snapshots(control: httpx.Client) -> list[dict[str, Any]]:
 
 
 def _print_ledger(out: Console, saga: Any, ledger: Any) -> None:
-    out.print(
-        f"saga {saga.id}: {saga.status.value}" + (f"  ({saga.error})" if saga.error else ""), markup=False
-    )
-    for step in ledger.list_step_results(saga.id):
+    from sagas.outcome import outcome_line
+
+    steps = ledger.list_step_results(saga.id)
+    out.print(outcome_line(saga, steps), markup=False)
+    for step in steps:
         out.print(
             f"  {step.step_name}: {step.status.value}  key={step.idempotency_key}"
             f"  output={json.dumps(step.output, sort_keys=True)}",

@@ -7,6 +7,7 @@ from the ledger, which is the truth whatever the flow run's own state says.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +15,15 @@ from rich.console import Console
 from app.wiring import App
 from sagas.errors import InputError, ResourceBusyError, SagaBusyError, SagaError
 from sagas.models import SagaRun
+from sagas.outcome import outcome_line
+
+
+@dataclass(frozen=True)
+class FlowOutcome:
+    saga: SagaRun  # as the ledger has it after the run
+    # What became of the saga in one line (``sagas.outcome``): the run's own final word when it
+    # says the same as the ledger, with what only the run knows (that it followed another run).
+    line: str
 
 
 def run_flow(
@@ -26,7 +36,7 @@ def run_flow(
     *,
     errors_to: Console,
     options: dict[str, Any] | None = None,
-) -> SagaRun:
+) -> FlowOutcome:
     """Run the kind's flow here and return the saga as the ledger has it afterwards.
 
     Busy and bad-input refusals propagate (nothing was written). A saga that did not complete is
@@ -57,4 +67,7 @@ def run_flow(
             errors_to.print(f"the flow run failed: {exc}", markup=False)
         except Exception as exc:  # the flow's own failure; the ledger says what became of the saga
             errors_to.print(f"the flow run failed: {type(exc).__name__}: {exc}", markup=False)
-    return application.ledger.get_saga(saga_id)
+    saga = application.ledger.get_saga(saga_id)
+    line = outcome_line(saga, application.ledger.list_step_results(saga_id))
+    said = state.message or ""
+    return FlowOutcome(saga, said if said.startswith(line) else line)

@@ -55,7 +55,8 @@ def ledger_rows(steps: list[StepResult]) -> list[dict[str, Any]]:
             "resources": _resources(s),
             "tries": _tries(s),
             "error": (s.error or "")[:160],
-            "idempotency key": s.idempotency_key or "",
+            # A skipped step never touched the provider: its key names nothing to look for.
+            "idempotency key": "" if s.status.value == "skipped" else s.idempotency_key or "",
         }
         for s in steps
     ]

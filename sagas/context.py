@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from sagas.errors import InputError
+from sagas.errors import InputError, SagaNotFoundError
 from sagas.fields import EXAMPLE_SAGA_ID, CustomerDeploymentId, SagaId
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun, SagaStatus, StepResult
@@ -23,6 +23,11 @@ Launcher = Callable[[SagaRun], None]
 
 
 _SAGA_ID: TypeAdapter[uuid.UUID] = TypeAdapter(SagaId)
+# The shortest prefix taken for a saga id: 8 hex digits, as the resource names carry
+# (``arcadia-snap-<droplet>-<saga8>``); shorter ones would match too often to be worth typing.
+SHORTEST_PREFIX = 8
+_MOST_SHOWN = 10
+_UUID_SHAPE = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
 _DEPLOYMENT_ID: TypeAdapter[str] = TypeAdapter(CustomerDeploymentId)
 
 
@@ -36,6 +41,28 @@ def parse_saga_id(value: str | uuid.UUID) -> uuid.UUID:
         raise InputError(
             f"{shown} is not a saga id: a saga id is a UUID such as {EXAMPLE_SAGA_ID} (see `sagas list`)"
         ) from None
+
+
+def saga_id_or_start(value: str | uuid.UUID) -> uuid.UUID | str:
+    """A whole saga id, or the start of one: its lowercase hex digits (8 to 32 of them), given as
+    hex digits alone or as the start of the UUID's text (dashes only where the text has them).
+
+    Checks the shape only, so a command can refuse a malformed id before it reaches the ledger.
+    """
+    if not isinstance(value, str) or len(value) == len(_UUID_SHAPE):
+        return parse_saga_id(value)  # a whole id (or not an id at all: refused, saying why)
+    dashed = len(value) < len(_UUID_SHAPE) and all(
+        (c == "-") == (shape == "-") for c, shape in zip(value, _UUID_SHAPE, strict=False)
+    )
+    digits = value.replace("-", "") if dashed else value
+    if not 0 < len(digits) <= 32 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        return parse_saga_id(value)  # refused, saying what a saga id looks like
+    if len(digits) < SHORTEST_PREFIX:
+        raise InputError(
+            f"{value!r} is too short to find a saga by: give at least {SHORTEST_PREFIX} hex digits"
+            " of its id (see `sagas list`)"
+        )
+    return digits.lower()
 
 
 class Provisioning:
@@ -118,6 +145,25 @@ class Provisioning:
         if label is not None:
             inputs["label"] = label
         return self.start_saga("snapshot", inputs, triggered_by=triggered_by, saga_id=saga_id)
+
+    def find_saga_id(self, value: uuid.UUID | str) -> uuid.UUID:
+        """The saga a person means: its full id, or a unique start of it of at least 8 hex digits
+        (``332fa17d``, ``332fa17d-31d3``), looked up in the ledger.
+
+        A start that several sagas share is refused (InputError, naming them); one that no saga
+        has is SagaNotFoundError. A full id is returned as it is, whether or not it exists.
+        """
+        given = saga_id_or_start(value)
+        if isinstance(given, uuid.UUID):
+            return given
+        found = self.ledger.find_saga_ids_by_prefix(given, limit=_MOST_SHOWN + 1)
+        if not found:
+            raise SagaNotFoundError(f"no saga id starts with {value}: check the id with `sagas list`")
+        if len(found) > 1:
+            many = f"more than {_MOST_SHOWN}" if len(found) > _MOST_SHOWN else str(len(found))
+            shown = ", ".join(str(i) for i in found[:_MOST_SHOWN])
+            raise InputError(f"{value} starts {many} saga ids ({shown}): give more of the id")
+        return found[0]
 
     def get_saga(self, saga_id: uuid.UUID | str) -> SagaRun:
         return self.ledger.get_saga(parse_saga_id(saga_id))

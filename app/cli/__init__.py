@@ -12,16 +12,18 @@ Exit codes scripts can rely on:
   1  not done: the saga ended without completing (rolled_back, compensation_failed, failed,
      resolved); ``retry-compensation``: an undo failed again; ``orphans``: orphans remain (listed
      without ``--delete``, deletion declined, or a deletion failed)
-  2  bad input, nothing was written: a malformed id, bad JSON or inputs, an empty ``--note``, or
+  2  bad input, nothing was written: a malformed id, an id start several sagas share (listed),
+     bad JSON or inputs, an empty ``--note``, or
      a command that does not apply to the saga's status (``retry-compensation`` on anything but
      compensation_failed; ``resolve`` on a completed, rolled_back or resolved saga)
   3  busy: another runner holds the saga; nothing was written
-  4  no such saga
+  4  no such saga (no saga id starts with the start given)
   5  the ledger, a setting or the provider failed
   6  ``run``/``resume``: the saga stopped awaiting a person's approval; ``sagas approve ID --note``
      (or ``sagas reject``) decides, and runs the rest when no flow run is suspended for it
 
-Prefect is imported only inside the commands that run a flow.
+A saga is named by its id or by a unique start of it (8 hex digits or more). Prefect is imported only
+inside the commands that run a flow.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 import typer
 
-from app.cli import inspect, operate, run, tools
+from app.cli import inspect, operate, run, terminal, tools
 from app.cli.common import out
 
 cli = typer.Typer(
@@ -59,11 +61,14 @@ db.command("upgrade")(tools.db_upgrade)
 
 
 @cli.callback()
-def _layout() -> None:
+def _layout(ctx: typer.Context) -> None:
     # Piped or captured output has no terminal width to fit: lay tables out wide, so that ids and
     # names stay whole for grep. A terminal keeps its own width.
     if not out.is_terminal:
         out.width = 200
+    # Log records print the quiet way (``app.cli.terminal``) until the command ends; ``--verbose``
+    # on a command turns everything on.
+    ctx.call_on_close(terminal.install())
 
 
 def _exit_on_sigterm() -> None:

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -25,6 +25,7 @@ from sagas.models import SagaStatus
 
 if TYPE_CHECKING:
     from app.wiring import App
+    from sagas.models import SagaRun
     from sagas.progress import SagaProgress
 
 EXIT_OK, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_NOT_FOUND, EXIT_FAILURE, EXIT_AWAITING = range(7)
@@ -41,6 +42,14 @@ def exit_code_of(status: SagaStatus) -> int:
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="Show debug logs (ours and Prefect's) and the traceback of every failure.",
+    ),
+]
 
 
 def fail(code: int, message: str) -> NoReturn:
@@ -101,9 +110,43 @@ def parse_steps(raw: str | None) -> list[str] | None:
 
 
 def parse_id(raw: str) -> uuid.UUID:
+    """A new saga's id (``--saga-id``): a whole UUID."""
     from sagas.context import parse_saga_id
 
     return parse_saga_id(raw)
+
+
+def read_id(raw: str) -> uuid.UUID | str:
+    """An existing saga's id as given, its shape checked before anything connects: the whole id, or
+    the start of one (8 hex digits or more); ``find_id`` looks a start up."""
+    from sagas.context import saga_id_or_start
+
+    return saga_id_or_start(raw)
+
+
+def find_id(application: App, given: uuid.UUID | str) -> uuid.UUID:
+    """The saga meant by ``read_id``'s answer: a whole id as it is, a start looked up (unique)."""
+    return application.provisioning().find_saga_id(given)
+
+
+def say_which_ledger(application: App) -> None:
+    """On stderr, in one dim line: the ledger read is the embedded one (a user who forgot
+    SAGAS_DATABASE_URL would otherwise see the demo's sagas and take them for production's)."""
+    if application.settings.database_url is None:
+        err.print(
+            f"ledger: the embedded Postgres in {application.settings.home}"
+            " (set SAGAS_DATABASE_URL for another)",
+            style="dim",
+            markup=False,
+        )
+
+
+def say_outcome(application: App, saga: SagaRun, line: str | None = None) -> None:
+    """The saga's outcome in the one line every surface uses, on stderr (stdout stays the saga)."""
+    from sagas.outcome import outcome_line
+
+    line = line or outcome_line(saga, application.ledger.list_step_results(saga.id))
+    err.print(line, markup=False, style="green" if saga.status.value == "completed" else "")
 
 
 def watching(application: App, saga_id: uuid.UUID, as_json: bool) -> SagaProgress:

@@ -9,7 +9,19 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from app.cli.common import EXIT_BAD_INPUT, build, err, errors, fail, out, parse_inputs, parse_steps
+from app.cli.common import (
+    EXIT_BAD_INPUT,
+    build,
+    err,
+    errors,
+    fail,
+    find_id,
+    out,
+    parse_inputs,
+    parse_steps,
+    read_id,
+    say_which_ledger,
+)
 from app.cli.render import print_saga, saga_json, status, table
 
 
@@ -22,10 +34,10 @@ def list_sagas(
 ) -> None:
     """List sagas, newest first."""
     with errors():
-        sagas = (
-            build()
-            .provisioning()
-            .list_sagas(status=status_, kind=kind, deployment_id=deployment, limit=limit)
+        application = build()
+        say_which_ledger(application)
+        sagas = application.provisioning().list_sagas(
+            status=status_, kind=kind, deployment_id=deployment, limit=limit
         )
         if as_json:
             out.print_json(json.dumps([saga_json(s) for s in sagas]))
@@ -46,7 +58,7 @@ def list_sagas(
 
 
 def show(
-    saga_id: Annotated[str, typer.Argument(help="The saga to show.")],
+    saga_id: Annotated[str, typer.Argument(help="The saga to show (its id, or 8+ hex digits of it).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     timeline: Annotated[
         bool, typer.Option("--timeline", help="Write the saga's timeline as an SVG file and print its path.")
@@ -57,8 +69,11 @@ def show(
 ) -> None:
     """Show a saga and every step: status, idempotency key, resource ids, attempts, errors, timings."""
     with errors():
-        provisioning = build().provisioning()
-        saga = provisioning.get_saga(saga_id)
+        given = read_id(saga_id)
+        application = build()
+        say_which_ledger(application)
+        provisioning = application.provisioning()
+        saga = provisioning.get_saga(find_id(application, given))
         steps = provisioning.list_step_results(saga.id)
         if timeline:
             from sagas.timeline import render_svg
@@ -98,7 +113,7 @@ def plan(
             out.print_json(planned.model_dump_json())
             return
         out.print(
-            f"plan for a {planned.kind} saga (v{planned.definition_version}) with inputs"
+            f"plan for {article(planned.kind)} {planned.kind} saga (v{planned.definition_version}) with inputs"
             f" {json.dumps(planned.inputs, sort_keys=True)}",
             markup=False,
         )
@@ -115,6 +130,11 @@ def plan(
         for step in planned.steps:
             out.print()
             line = Text(f"{step.index}  {step.name}  ")
+            if step.skipped is not None:
+                line.append("skipped", style="dim")
+                out.print(line)
+                out.print(Text(f"   why:  {step.skipped}: nothing to do, nothing to undo"))
+                continue
             line.append(
                 step.reversibility.value, style="bold red" if step.reversibility == "pivot" else "bold"
             )
@@ -124,3 +144,8 @@ def plan(
             out.print(Text(f"   undo: {step.compensation}"))
         out.print()
         out.print("nothing was written: not to the provider, not to the ledger", markup=False)
+
+
+def article(word: str) -> str:
+    """'a' or 'an', by the sound the word starts with (every kind name starts as it is spelled)."""
+    return "an" if word[:1].lower() in "aeiou" else "a"

@@ -11,35 +11,54 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import EXIT_NOT_COMPLETED, EXIT_OK, build, err, errors, out, parse_id, watching
+from app.cli import terminal
+from app.cli.common import (
+    EXIT_NOT_COMPLETED,
+    EXIT_OK,
+    Verbose,
+    build,
+    err,
+    errors,
+    find_id,
+    out,
+    read_id,
+    say_outcome,
+    watching,
+)
 from app.cli.render import orphan_json, print_orphans, print_saga
 from sagas.models import ApprovalDecision, SagaStatus
 
 
 def retry_compensation(
-    saga_id: Annotated[str, typer.Argument(help="A compensation_failed saga.")],
+    saga_id: Annotated[
+        str, typer.Argument(help="A compensation_failed saga (its id, or 8+ hex digits of it).")
+    ],
     by: Annotated[str | None, typer.Option(help="Who retries it (default: your user name).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Finish the rollback of a compensation_failed saga once the cause is fixed; exit 0 when rolled back."""
     from sagas.operator.resolution import retry_compensation as retry
 
+    terminal.be_verbose(verbose)
     with errors():
-        target = parse_id(saga_id)
+        given = read_id(saga_id)
         application = build()
+        target = find_id(application, given)
         runner = application.runner()
         try:
             saga = retry(runner, target, by=by or application.settings.user)
         finally:
             runner.services.close()
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
-        if saga.status is not SagaStatus.ROLLED_BACK:
-            err.print(f"saga {saga.id} is {saga.status.value}: {saga.error}", markup=False)
+        say_outcome(application, saga)
         raise typer.Exit(EXIT_OK if saga.status is SagaStatus.ROLLED_BACK else EXIT_NOT_COMPLETED)
 
 
 def resolve(
-    saga_id: Annotated[str, typer.Argument(help="The saga an operator fixed by hand.")],
+    saga_id: Annotated[
+        str, typer.Argument(help="The saga an operator fixed by hand (its id, or 8+ hex digits of it).")
+    ],
     note: Annotated[str, typer.Option(help="What was done by hand, and why (required).")],
     by: Annotated[str | None, typer.Option(help="Who resolved it (default: your user name).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
@@ -48,8 +67,9 @@ def resolve(
     from sagas.operator.resolution import resolve_saga
 
     with errors():
-        target = parse_id(saga_id)
+        given = read_id(saga_id)
         application = build()
+        target = find_id(application, given)
         saga = resolve_saga(
             application.ledger,
             target,
@@ -131,8 +151,9 @@ def _decide(saga_id: str, decision: ApprovalDecision, note: str, by: str | None,
     from sagas.operator.approval import decide
 
     with errors():
-        target = parse_id(saga_id)
+        given = read_id(saga_id)
         application = build()
+        target = find_id(application, given)
         who = by if by is not None else application.settings.user
         saga = decide(application.ledger, target, decision, by=who, note=note)
         err.print(f"saga {saga.id} {decision.value} by {saga.approval_by}", markup=False)
@@ -150,12 +171,15 @@ def _decide(saga_id: str, decision: ApprovalDecision, note: str, by: str | None,
         finally:
             runner.services.close()
         print_saga(final, application.ledger.list_step_results(final.id), as_json)
+        say_outcome(application, final)
         wanted = SagaStatus.COMPLETED if decision is ApprovalDecision.APPROVED else SagaStatus.ROLLED_BACK
         raise typer.Exit(EXIT_OK if final.status is wanted else EXIT_NOT_COMPLETED)
 
 
 def approve(
-    saga_id: Annotated[str, typer.Argument(help="A saga awaiting approval.")],
+    saga_id: Annotated[
+        str, typer.Argument(help="A saga awaiting approval (its id, or 8+ hex digits of it).")
+    ],
     note: Annotated[str, typer.Option(help="Why it may go on (required, recorded with your name).")],
     by: Annotated[str | None, typer.Option(help="Who approves (default: your user name).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
@@ -165,7 +189,9 @@ def approve(
 
 
 def reject(
-    saga_id: Annotated[str, typer.Argument(help="A saga awaiting approval.")],
+    saga_id: Annotated[
+        str, typer.Argument(help="A saga awaiting approval (its id, or 8+ hex digits of it).")
+    ],
     note: Annotated[str, typer.Option(help="Why it must not go on (required, recorded with your name).")],
     by: Annotated[str | None, typer.Option(help="Who rejects (default: your user name).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,

@@ -10,7 +10,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from app.cli.common import out
-from sagas.models import SagaRun, SagaStatus, StepResult
+from sagas.models import SagaRun, SagaStatus, StepResult, StepStatus
 
 if TYPE_CHECKING:
     from sagas.operator.orphans import Orphan
@@ -131,9 +131,15 @@ def print_saga(saga: SagaRun, steps: list[StepResult], as_json: bool) -> None:
             timings.append(f"undone {s.compensated_at:%H:%M:%S}")
         elif s.compensation_started_at:
             timings.append(f"undo {s.compensation_started_at:%H:%M:%S}")
+        # A skipped step never touched the provider: why it had nothing to do, not a name to search.
+        second = (
+            f"(skipped: {s.output.get('skipped') or 'nothing to do'})"
+            if s.status is StepStatus.SKIPPED
+            else s.idempotency_key or "-"
+        )
         grid.add_row(
             str(s.step_idx),
-            Text(f"{s.step_name}\n{s.idempotency_key or '-'}"),
+            Text(f"{s.step_name}\n{second}"),
             status(s.status.value),
             Text("\n".join(f"{k}={v}" for k, v in resource_ids(s).items())),
             f"{s.attempts}/{s.compensation_attempts}" if s.compensation_attempts else str(s.attempts),

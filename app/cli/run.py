@@ -8,24 +8,28 @@ from typing import Annotated
 
 import typer
 
+from app.cli import terminal
 from app.cli.common import (
     EXIT_NOT_COMPLETED,
     EXIT_OK,
+    Verbose,
     build,
     err,
     errors,
     exit_code_of,
+    find_id,
     out,
     parse_id,
     parse_inputs,
     parse_steps,
+    read_id,
+    say_outcome,
     watching,
 )
 from app.cli.render import print_saga
 from app.running import run_flow
 from sagas.errors import ResourceBusyError, SagaBusyError
 from sagas.models import SagaStatus
-from sagas.outcome import outcome_line
 
 
 def run(
@@ -50,8 +54,10 @@ def run(
             " (default: the kind's: on for offboard and rollback).",
         ),
     ] = None,
+    verbose: Verbose = False,
 ) -> None:
     """Run a saga through its Prefect flow; exit 0 only when it completed (6: awaiting approval)."""
+    terminal.be_verbose(verbose)
     with errors():
         parsed = parse_inputs(inputs)
         chosen_id = parse_id(saga_id) if saga_id is not None else uuid.uuid4()
@@ -72,7 +78,7 @@ def run(
         while True:
             try:
                 with watching(application, new.id, as_json):
-                    saga = run_flow(
+                    outcome = run_flow(
                         application,
                         new.kind,
                         new.inputs,
@@ -87,21 +93,23 @@ def run(
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
-        steps_now = application.ledger.list_step_results(saga.id)
-        print_saga(saga, steps_now, as_json)
-        if saga.status is SagaStatus.AWAITING_APPROVAL:
-            err.print(outcome_line(saga, steps_now), markup=False)
+        saga = outcome.saga
+        print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
+        say_outcome(application, saga, outcome.line)
         raise typer.Exit(exit_code_of(saga.status))
 
 
 def resume(
-    saga_id: Annotated[str, typer.Argument(help="The saga to finish.")],
+    saga_id: Annotated[str, typer.Argument(help="The saga to finish (its id, or 8+ hex digits of it).")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Finish a saga from where its ledger stands: forward, or on with its rollback."""
+    terminal.be_verbose(verbose)
     with errors():
-        target = parse_id(saga_id)
+        given = read_id(saga_id)
         application = build()
+        target = find_id(application, given)
         before = application.ledger.get_saga(target)
         if before.status.is_terminal:
             # Nothing to do, so claim nothing and write nothing (a resolved saga stays resolved).
@@ -115,16 +123,22 @@ def resume(
         finally:
             runner.services.close()
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
+        say_outcome(application, saga)
         raise typer.Exit(exit_code_of(saga.status))
 
 
-def cancel(saga_id: Annotated[str, typer.Argument(help="The saga to cancel.")]) -> None:
+def cancel(
+    saga_id: Annotated[str, typer.Argument(help="The saga to cancel (its id, or 8+ hex digits of it).")],
+    verbose: Verbose = False,
+) -> None:
     """Ask a saga to stop and roll back. An idle saga is rolled back right here."""
     from sagas.runner import Mode
 
+    terminal.be_verbose(verbose)
     with errors():
-        target = parse_id(saga_id)
+        given = read_id(saga_id)
         application = build()
+        target = find_id(application, given)
         saga = application.provisioning().cancel_saga(target)
         if saga.status.is_terminal:
             out.print(f"saga {saga.id} is already {saga.status.value}; nothing to cancel")

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import EXIT_BAD_INPUT, errors, fail, out
+from app.cli import terminal
+from app.cli.common import EXIT_BAD_INPUT, Verbose, errors, fail, out
 
 
 def simulator(
@@ -32,9 +33,10 @@ def db_upgrade() -> None:
         out.print("ledger schema is at the latest revision")
 
 
-def demo() -> None:
+def demo(verbose: Verbose = False) -> None:
     """Replay the seed's live smoke on the embedded database and a simulator started here."""
     from app.demo import run_demo
 
+    terminal.be_verbose(verbose)
     with errors():
         raise typer.Exit(run_demo(out))

@@ -21,9 +21,12 @@ class StepPlan(BaseModel):
     index: int
     name: str
     reversibility: Reversibility
-    idempotency_key: str
+    # None for a skipped step: it never touches the provider, so no name is ever looked up.
+    idempotency_key: str | None
     does: str
     compensation: str
+    # Why the step has nothing to do for these inputs (it is recorded ``skipped``), or None.
+    skipped: str | None = None
 
 
 class SagaPlan(BaseModel):
@@ -58,6 +61,20 @@ def plan_saga(
     for idx, name in enumerate(new.step_names):
         step = catalog.step(name)
         reversibility = step.reversibility_for(new.inputs)
+        if not step.applies(new.inputs):
+            why = step.skipped_because or "nothing to do for these inputs"
+            planned.append(
+                StepPlan(
+                    index=idx,
+                    name=name,
+                    reversibility=reversibility,
+                    idempotency_key=None,
+                    does=f"nothing: skipped ({why})",
+                    compensation="nothing to undo",
+                    skipped=why,
+                )
+            )
+            continue
         if reversibility is Reversibility.PIVOT:
             undo = "none: the point of no return; a failure from here on is retried forward"
         elif past_pivot:
