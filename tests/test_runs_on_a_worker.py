@@ -210,9 +210,14 @@ def test_prefect_retry_of_a_run_whose_saga_rolled_back_starts_a_new_saga_linked_
     assert new.status is SagaStatus.ROLLED_BACK  # the fail step fails again: rolled back again
     assert ledger.get_saga(old.id).status is SagaStatus.ROLLED_BACK
     assert again.state_type.value == "FAILED"
-    assert any(
-        f"saga {old.id} rolled back; this retry starts saga {new.id}" in line
-        for line in _logs(prefect_live, run.id)
+    # Logs reach the server in batches: wait for the line that names the old saga.
+    _wait_until(
+        lambda: any(
+            f"saga {old.id} rolled back; this retry starts saga {new.id}" in line
+            for line in _logs(prefect_live, run.id)
+        ),
+        "the retry's log line naming the old saga",
+        timeout=30,
     )
 
 
