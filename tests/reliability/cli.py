@@ -89,6 +89,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=6, help="matrix cases run side by side")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated: {','.join(SECTIONS)}")
     parser.add_argument("--verbose", action="store_true", help="show the runners' warnings too")
+    parser.add_argument(
+        "--outcomes", default=None, help="write each case's saga outcome to this JSON file (to compare runs)"
+    )
     args = parser.parse_args(argv)
     if not args.verbose:
         # Runners in this process (storm, cancel and fault matrices) warn of every failure they were
@@ -188,5 +191,10 @@ def main(argv: list[str]) -> int:
     for what, section in matrices.items():
         print(harness.held_line(what, section), flush=True)
     everything = results + [r for section in matrices.values() for r in section]
+    if args.outcomes:
+        import json
+
+        with open(args.outcomes, "w") as sink:
+            json.dump({r.name: r.verdict.outcome for r in everything}, sink, indent=1, sort_keys=True)
     ok = all(r.verdict.survived and not r.verdict.leaked and not r.verdict.doubled for r in everything)
     return 0 if ok and everything else 1

@@ -192,7 +192,13 @@ def judge_outcome(
                 problems.append(f"the snapshot made before the pivot ({name}) was deleted")
     doubled = doubled_creates(sim.writes())
     problems += [f"doubled {d}" for d in doubled]
-    return Verdict(survived=not problems, leaked=extra, doubled=len(doubled), detail="; ".join(problems))
+    return Verdict(
+        survived=not problems,
+        leaked=extra,
+        doubled=len(doubled),
+        detail="; ".join(problems),
+        outcome=saga.status.value,
+    )
 
 
 def held_line(what: str, results: list[CaseResult]) -> str:

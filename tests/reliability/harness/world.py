@@ -227,6 +227,7 @@ class Verdict:
     leaked: int = 0
     doubled: int = 0
     detail: str = ""
+    outcome: str = ""  # the saga's final status, for comparing runs (``--outcomes``)
 
 
 def _diff(expected: dict[str, Any], actual: dict[str, Any]) -> tuple[int, int, list[str]]:
@@ -284,7 +285,13 @@ def judge(
     problems = list(notes) + [f"doubled {d}" for d in doubled]
     if saga.status is not expect:
         problems.insert(0, f"saga ended {saga.status.value} (want {expect.value}): {saga.error}")
-    return Verdict(survived=not problems, leaked=extra, doubled=len(doubled), detail="; ".join(problems))
+    return Verdict(
+        survived=not problems,
+        leaked=extra,
+        doubled=len(doubled),
+        detail="; ".join(problems),
+        outcome=saga.status.value,
+    )
 
 
 def cli(args: list[str], env: Mapping[str, str]) -> subprocess.Popen[str]:
