@@ -21,6 +21,7 @@ from app.cli.common import (
     watching,
 )
 from app.cli.render import print_saga
+from app.prefect_server import prefect_api
 from app.running import run_flow
 from sagas.errors import ResourceBusyError, SagaBusyError
 from sagas.models import SagaStatus
@@ -51,25 +52,27 @@ def run(
         new = catalog().new_saga(
             kind, parsed, steps=parse_steps(steps), saga_id=chosen_id, triggered_by=triggered_by
         )
-        application = build()
-        deadline = time.monotonic() + max(wait, 0.0)
-        while True:
-            try:
-                with watching(application, new.id, as_json):
-                    saga = run_flow(
-                        application,
-                        new.kind,
-                        new.inputs,
-                        list(new.step_names),
-                        new.id,
-                        triggered_by,
-                        errors_to=err,
-                    )
-                break
-            except ResourceBusyError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
+        with prefect_api() as api:  # the temporary server boots while the ledger is opened
+            application = build()
+            api.ready()
+            deadline = time.monotonic() + max(wait, 0.0)
+            while True:
+                try:
+                    with watching(application, new.id, as_json):
+                        saga = run_flow(
+                            application,
+                            new.kind,
+                            new.inputs,
+                            list(new.step_names),
+                            new.id,
+                            triggered_by,
+                            errors_to=err,
+                        )
+                    break
+                except ResourceBusyError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
         raise typer.Exit(EXIT_OK if saga.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
 
