@@ -18,7 +18,6 @@ import psutil
 import pytest
 
 from sagas.ledger.store import Ledger
-from sagas.models import SagaStatus
 from tests.conftest import REPO, seed_droplet, wait_for
 
 pytestmark = pytest.mark.slow
@@ -51,14 +50,33 @@ def _running(process: psutil.Process) -> bool:
         return False
 
 
-def _mid_saga(ledger: Ledger, saga_id: uuid.UUID) -> bool:
-    saga = ledger.get_sagas([saga_id]).get(saga_id)
-    return saga is not None and saga.status is SagaStatus.RUNNING and bool(ledger.list_step_results(saga_id))
+def _snapshot_in_progress(sim: httpx.Client, droplet: int) -> bool:
+    actions = sim.get("/_sim/state").json()["actions"]
+    return any(
+        a["type"] == "snapshot" and a["resource_id"] == droplet and a["status"] == "in-progress"
+        for a in actions
+    )
 
 
+def _postgres_for(pgdata: Path) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "postgres" and str(pgdata) in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+@pytest.mark.parametrize("ledger_server", ["configured", "embedded"])
 def test_kill_9_of_sagas_run_mid_saga_leaves_nothing_it_started_running(
-    env: dict[str, str], sim: httpx.Client, ledger: Ledger, tmp_path: Path
+    ledger_server: str,
+    env: dict[str, str],
+    sim: httpx.Client,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    pgdata = (Path(env["SAGAS_HOME"]) / "pgdata").resolve()
+    if ledger_server == "embedded":  # no SAGAS_DATABASE_URL: the CLI starts (or joins) its own Postgres
+        monkeypatch.delenv("SAGAS_DATABASE_URL")
     sim.post("/_sim/config", json={"action_seconds": 6000}).raise_for_status()  # 2 min: mid-saga
     droplet = seed_droplet(sim)
     saga_id = uuid.uuid4()
@@ -88,14 +106,19 @@ def test_kill_9_of_sagas_run_mid_saga_leaves_nothing_it_started_running(
         assert found is not None, said.read_text()
         server = found.group(1)
         wait_for(lambda: _answers(server), timeout=120, what=f"{server} to answer")
-        wait_for(lambda: _mid_saga(ledger, saga_id), timeout=120, what="the saga's first step to start")
+        wait_for(
+            lambda: _snapshot_in_progress(sim, droplet), timeout=120, what="the saga's snapshot to start"
+        )
         started = psutil.Process(cli.pid).children(recursive=True)
         assert started, "the CLI started no process: where is its server?"
+        if ledger_server == "embedded":
+            started += _postgres_for(pgdata)
+            assert _postgres_for(pgdata), "the embedded Postgres is not running"
     finally:
         cli.kill()  # SIGKILL: no atexit, no finally, nothing of ours runs
         cli.wait(30)
 
-    _, alive = psutil.wait_procs(started, timeout=5)
+    _, alive = psutil.wait_procs(started, timeout=10)
     still_running = [(p, p.cmdline()) for p in alive if _running(p)]
     still_answers = _answers(server)
     for survivor, _ in still_running:
