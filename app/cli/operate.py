@@ -11,7 +11,16 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import EXIT_NOT_COMPLETED, EXIT_OK, build, err, errors, out, parse_id
+from app.cli.common import (
+    EXIT_NOT_COMPLETED,
+    EXIT_OK,
+    build,
+    err,
+    errors,
+    out,
+    parse_id,
+    secret_blocks_reachable,
+)
 from app.cli.render import orphan_json, print_orphans, print_saga
 from sagas.models import SagaStatus
 
@@ -29,7 +38,8 @@ def retry_compensation(
         application = build()
         runner = application.runner()
         try:
-            saga = retry(runner, target, by=by or application.settings.user)
+            with secret_blocks_reachable(application):
+                saga = retry(runner, target, by=by or application.settings.user)
         finally:
             runner.services.close()
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
@@ -84,35 +94,37 @@ def orphans(
         application = build()
         services = application.services()
         try:
-            found = find_orphans(
-                application.ledger,
-                services.digitalocean(TokenPurpose.READ),
-                prefix=application.settings.name_prefix,
-            )
-            if not as_json:
-                print_orphans(found)
-            if not delete or not found:
-                if as_json:
-                    report([])
-                raise typer.Exit(EXIT_NOT_COMPLETED if found else EXIT_OK)
-            if not yes:
-                try:
-                    confirmed = typer.confirm(
-                        f"delete these {len(found)} resources at the provider?", default=False, err=True
-                    )
-                except click.exceptions.Abort:
-                    confirmed = False
-                if not confirmed:
-                    err.print("nothing deleted", markup=False)
+            # Prefect's API for the tokens' Secret blocks, if named, until the last provider call.
+            with secret_blocks_reachable(application):
+                found = find_orphans(
+                    application.ledger,
+                    services.digitalocean(TokenPurpose.READ),
+                    prefix=application.settings.name_prefix,
+                )
+                if not as_json:
+                    print_orphans(found)
+                if not delete or not found:
                     if as_json:
                         report([])
-                    raise typer.Exit(EXIT_NOT_COMPLETED)
-            done = delete_orphans(
-                application.ledger,
-                services.digitalocean(TokenPurpose.PROVISIONING),
-                found,
-                by=by or application.settings.user,
-            )
+                    raise typer.Exit(EXIT_NOT_COMPLETED if found else EXIT_OK)
+                if not yes:
+                    try:
+                        confirmed = typer.confirm(
+                            f"delete these {len(found)} resources at the provider?", default=False, err=True
+                        )
+                    except click.exceptions.Abort:
+                        confirmed = False
+                    if not confirmed:
+                        err.print("nothing deleted", markup=False)
+                        if as_json:
+                            report([])
+                        raise typer.Exit(EXIT_NOT_COMPLETED)
+                done = delete_orphans(
+                    application.ledger,
+                    services.digitalocean(TokenPurpose.PROVISIONING),
+                    found,
+                    by=by or application.settings.user,
+                )
         finally:
             services.close()
         if as_json:

@@ -18,6 +18,7 @@ from app.cli.common import (
     parse_id,
     parse_inputs,
     parse_steps,
+    secret_blocks_reachable,
     watching,
 )
 from app.cli.render import print_saga
@@ -93,7 +94,7 @@ def resume(
             raise typer.Exit(EXIT_OK if before.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
         runner = application.runner()
         try:
-            with watching(application, target, as_json):
+            with secret_blocks_reachable(application), watching(application, target, as_json):
                 saga = runner.advance(target)
         finally:
             runner.services.close()
@@ -114,7 +115,8 @@ def cancel(saga_id: Annotated[str, typer.Argument(help="The saga to cancel.")]) 
             return
         runner = application.runner()
         try:
-            saga = runner.advance(target, Mode.ROLLBACK, reason="cancelled by request")
+            with secret_blocks_reachable(application):
+                saga = runner.advance(target, Mode.ROLLBACK, reason="cancelled by request")
             out.print(f"saga {saga.id} cancelled: {saga.status.value}")
             if saga.status is not SagaStatus.ROLLED_BACK:
                 raise typer.Exit(EXIT_NOT_COMPLETED)
