@@ -11,6 +11,9 @@ Prefect is pointed at it through ``PREFECT_API_URL`` in the environment, then it
 are reloaded (``refresh_global_settings_context``): every thread sees it, including Prefect's own
 worker threads that start with an empty context and read the global settings.
 
+Enter the block on a thread that outlives it (the main thread): on Linux the child's death signal
+follows the thread that started it, not the process.
+
 This module must never monkeypatch Prefect, never start a server when an API is configured, and
 never leave one running after the block (or this process) ends.
 """
