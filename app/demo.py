@@ -35,6 +35,7 @@ def _environment(base_url: str) -> None:
 
 
 def run_demo(out: Console) -> int:
+    from app.prefect_server import prefect_api
     from app.running import run_flow
     from app.wiring import build_app
     from sagas.digitalocean.simulator import SimulatorConfig, run_simulator_in_thread
@@ -43,53 +44,56 @@ def run_demo(out: Console) -> int:
     config = SimulatorConfig(time_scale=0.5)  # a 2 s snapshot action takes 1 s: long enough to watch
     with run_simulator_in_thread(config) as sim:
         _environment(sim.base_url)
-        control = httpx.Client(base_url=sim.base_url, timeout=10)
-        droplet = control.post("/_sim/droplets", json={"name": "demo-web-1", "tags": ["demo"]}).json()
-        droplet_id = int(droplet["droplet"]["id"] if "droplet" in droplet else droplet["id"])
-        out.print(f"simulator at {sim.base_url}, droplet {droplet_id}")
-        application = build_app()
-        ledger = application.ledger
-        ok = True
+        # The temporary Prefect server boots while the simulator is seeded and the ledger opened.
+        with prefect_api() as api:
+            control = httpx.Client(base_url=sim.base_url, timeout=10)
+            droplet = control.post("/_sim/droplets", json={"name": "demo-web-1", "tags": ["demo"]}).json()
+            droplet_id = int(droplet["droplet"]["id"] if "droplet" in droplet else droplet["id"])
+            out.print(f"simulator at {sim.base_url}, droplet {droplet_id}")
+            application = build_app()
+            ledger = application.ledger
+            ok = True
+            api.ready()
 
-        out.rule(escape("1. the seed's smoke: [create_droplet_snapshot, fail]"))
-        smoke_id = uuid.uuid4()
-        with SagaProgress(ledger, smoke_id, out, live=out.is_terminal):
-            smoke = run_flow(
-                application,
-                "test",
-                {"droplet_id": droplet_id},
-                ["create_droplet_snapshot", "fail"],
-                smoke_id,
-                "demo",
-                errors_to=out,
-            ).saga
-        smoke_steps = {s.step_name: s.status.value for s in ledger.list_step_results(smoke.id)}
-        left = _snapshots(control)
-        _print_ledger(out, smoke, ledger)
-        out.print(f"snapshots left in the simulator: {len(left)}")
-        ok &= smoke.status.value == "rolled_back" and not left
-        ok &= smoke_steps == {"create_droplet_snapshot": "compensated", "fail": "failed"}
+            out.rule(escape("1. the seed's smoke: [create_droplet_snapshot, fail]"))
+            smoke_id = uuid.uuid4()
+            with SagaProgress(ledger, smoke_id, out, live=out.is_terminal):
+                smoke = run_flow(
+                    application,
+                    "test",
+                    {"droplet_id": droplet_id},
+                    ["create_droplet_snapshot", "fail"],
+                    smoke_id,
+                    "demo",
+                    errors_to=out,
+                ).saga
+            smoke_steps = {s.step_name: s.status.value for s in ledger.list_step_results(smoke.id)}
+            left = _snapshots(control)
+            _print_ledger(out, smoke, ledger)
+            out.print(f"snapshots left in the simulator: {len(left)}")
+            ok &= smoke.status.value == "rolled_back" and not left
+            ok &= smoke_steps == {"create_droplet_snapshot": "compensated", "fail": "failed"}
 
-        out.rule("2. a snapshot saga that completes")
-        plain_id = uuid.uuid4()
-        with SagaProgress(ledger, plain_id, out, live=out.is_terminal):
-            plain = run_flow(
-                application,
-                "snapshot",
-                {"droplet_id": droplet_id},
-                ["create_droplet_snapshot"],
-                plain_id,
-                "demo",
-                errors_to=out,
-            ).saga
-        left = _snapshots(control)
-        _print_ledger(out, plain, ledger)
-        out.print(f"snapshots in the simulator: {[s['name'] for s in left]}")
-        ok &= plain.status.value == "completed" and len(left) == 1
-        control.close()
-        for saga in (smoke, plain):
-            path = _write_timeline(ledger, saga)
-            out.print(f"timeline of the {saga.kind} saga ({saga.status.value}): {path}", markup=False)
+            out.rule("2. a snapshot saga that completes")
+            plain_id = uuid.uuid4()
+            with SagaProgress(ledger, plain_id, out, live=out.is_terminal):
+                plain = run_flow(
+                    application,
+                    "snapshot",
+                    {"droplet_id": droplet_id},
+                    ["create_droplet_snapshot"],
+                    plain_id,
+                    "demo",
+                    errors_to=out,
+                ).saga
+            left = _snapshots(control)
+            _print_ledger(out, plain, ledger)
+            out.print(f"snapshots in the simulator: {[s['name'] for s in left]}")
+            ok &= plain.status.value == "completed" and len(left) == 1
+            control.close()
+            for saga in (smoke, plain):
+                path = _write_timeline(ledger, saga)
+                out.print(f"timeline of the {saga.kind} saga ({saga.status.value}): {path}", markup=False)
     out.rule("demo " + ("passed" if ok else "FAILED"))
     return 0 if ok else 1
 

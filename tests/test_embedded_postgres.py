@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -60,6 +60,39 @@ def _run(home: Path, mode: str) -> subprocess.Popen[str]:
     )
 
 
+def _handles(pgdata: Path) -> list[int]:
+    return [int(pid) for pid in json.loads((pgdata / ".handle_pids.json").read_text())]
+
+
+def _guard_of(pid: int) -> psutil.Process:
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "sagas.ledger.embedded_guard" in cmdline and str(pid) in cmdline:
+            return proc
+    raise AssertionError(f"no embedded Postgres guard for pid {pid}")
+
+
+def _hold(home: Path) -> subprocess.Popen[str]:
+    holder = _run(home, "hold")
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "0"
+    return holder
+
+
+def _kill_9(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+
+
+def _within(seconds: float, condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 @pytest.mark.slow
 def test_embedded_server_is_reused_pruned_and_stopped(tmp_path: Path) -> None:
     home = tmp_path / "home"
@@ -71,25 +104,31 @@ def test_embedded_server_is_reused_pruned_and_stopped(tmp_path: Path) -> None:
     assert out.strip() == "0"  # a fresh, migrated, empty ledger
     assert _postgres_for(pgdata) == []  # the last user stopped it on exit
 
-    # A user killed with SIGKILL never removes its handle...
-    holder = _run(home, "hold")
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "0"
-    holder.send_signal(signal.SIGKILL)
-    holder.communicate(timeout=10)
-    handles = json.loads((pgdata / ".handle_pids.json").read_text())
-    assert holder.pid in handles
+    # A user killed with SIGKILL runs no exit handler; its guard drops its pid, and the server
+    # keeps running for the user still holding it...
+    killed, holding = _hold(home), _hold(home)
+    _kill_9(killed)
+    assert _within(10, lambda: _handles(pgdata) == [holding.pid]), _handles(pgdata)
+    assert _postgres_for(pgdata) != []
+    # ...until that one is killed too: nobody is left, and the server stops within seconds.
+    _kill_9(holding)
+    assert _within(10, lambda: _postgres_for(pgdata) == []), _postgres_for(pgdata)
+    assert _handles(pgdata) == []
+
+    # Should the guard die as well, the dead user's pid stays behind and the server with it...
+    holder = _hold(home)
+    _guard_of(holder.pid).kill()
+    _kill_9(holder)
+    time.sleep(1)
+    assert holder.pid in _handles(pgdata)
     assert _postgres_for(pgdata) != []
 
     # ...so the next user prunes it, reuses the data, and is the last one out: the server stops.
     last = _run(home, "once")
     out, err = last.communicate(timeout=120)
     assert last.returncode == 0, err
-    deadline = time.monotonic() + 10
-    while _postgres_for(pgdata) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _postgres_for(pgdata) == []
-    assert json.loads((pgdata / ".handle_pids.json").read_text()) == []
+    assert _within(10, lambda: _postgres_for(pgdata) == []), _postgres_for(pgdata)
+    assert _handles(pgdata) == []
 
 
 # --- Only the OS user that started the server may connect ----------------------------------------

@@ -80,6 +80,24 @@ def build() -> App:
     return build_app()
 
 
+@contextmanager
+def secret_blocks_reachable(application: App) -> Iterator[None]:
+    """Prefect's API, for a command that runs no flow but may read a token from a Secret block.
+
+    Only when the settings name a block (a temporary server costs seconds and nothing else in
+    these commands uses Prefect); unreached, Prefect would start its own, which outlives a kill -9.
+    """
+    settings = application.settings
+    if not (settings.do_token_provisioning_block or settings.do_token_read_block):
+        yield
+        return
+    from app.prefect_server import prefect_api
+
+    with prefect_api() as api:
+        api.ready()
+        yield
+
+
 def parse_inputs(raw: str) -> dict[str, Any]:
     """``--inputs``, a JSON object, read as written: a repeated key or NaN is refused, not guessed at."""
     try:

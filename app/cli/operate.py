@@ -23,6 +23,7 @@ from app.cli.common import (
     out,
     read_id,
     say_outcome,
+    secret_blocks_reachable,
     watching,
 )
 from app.cli.render import orphan_json, print_orphans, print_saga
@@ -47,7 +48,8 @@ def retry_compensation(
         target = find_id(application, given)
         runner = application.runner()
         try:
-            saga = retry(runner, target, by=by or application.settings.user)
+            with secret_blocks_reachable(application):
+                saga = retry(runner, target, by=by or application.settings.user)
         finally:
             runner.services.close()
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
@@ -104,35 +106,37 @@ def orphans(
         application = build()
         services = application.services()
         try:
-            found = find_orphans(
-                application.ledger,
-                services.digitalocean(TokenPurpose.READ),
-                prefix=application.settings.name_prefix,
-            )
-            if not as_json:
-                print_orphans(found)
-            if not delete or not found:
-                if as_json:
-                    report([])
-                raise typer.Exit(EXIT_NOT_COMPLETED if found else EXIT_OK)
-            if not yes:
-                try:
-                    confirmed = typer.confirm(
-                        f"delete these {len(found)} resources at the provider?", default=False, err=True
-                    )
-                except click.exceptions.Abort:
-                    confirmed = False
-                if not confirmed:
-                    err.print("nothing deleted", markup=False)
+            # Prefect's API for the tokens' Secret blocks, if named, until the last provider call.
+            with secret_blocks_reachable(application):
+                found = find_orphans(
+                    application.ledger,
+                    services.digitalocean(TokenPurpose.READ),
+                    prefix=application.settings.name_prefix,
+                )
+                if not as_json:
+                    print_orphans(found)
+                if not delete or not found:
                     if as_json:
                         report([])
-                    raise typer.Exit(EXIT_NOT_COMPLETED)
-            done = delete_orphans(
-                application.ledger,
-                services.digitalocean(TokenPurpose.PROVISIONING),
-                found,
-                by=by or application.settings.user,
-            )
+                    raise typer.Exit(EXIT_NOT_COMPLETED if found else EXIT_OK)
+                if not yes:
+                    try:
+                        confirmed = typer.confirm(
+                            f"delete these {len(found)} resources at the provider?", default=False, err=True
+                        )
+                    except click.exceptions.Abort:
+                        confirmed = False
+                    if not confirmed:
+                        err.print("nothing deleted", markup=False)
+                        if as_json:
+                            report([])
+                        raise typer.Exit(EXIT_NOT_COMPLETED)
+                done = delete_orphans(
+                    application.ledger,
+                    services.digitalocean(TokenPurpose.PROVISIONING),
+                    found,
+                    by=by or application.settings.user,
+                )
         finally:
             services.close()
         if as_json:
@@ -166,7 +170,7 @@ def _decide(saga_id: str, decision: ApprovalDecision, note: str, by: str | None,
         # No suspended flow run to resume (a saga started by `sagas run`): run the rest here.
         runner = application.runner()
         try:
-            with watching(application, saga.id, as_json):
+            with secret_blocks_reachable(application), watching(application, saga.id, as_json):
                 final = runner.advance(saga.id)
         finally:
             runner.services.close()

@@ -24,9 +24,11 @@ from app.cli.common import (
     parse_steps,
     read_id,
     say_outcome,
+    secret_blocks_reachable,
     watching,
 )
 from app.cli.render import print_saga
+from app.prefect_server import prefect_api
 from app.running import run_flow
 from sagas.errors import ResourceBusyError, SagaBusyError
 from sagas.models import SagaStatus
@@ -73,26 +75,28 @@ def run(
             triggered_by=triggered_by,
             options=options,
         )
-        application = build()
-        deadline = time.monotonic() + max(wait, 0.0)
-        while True:
-            try:
-                with watching(application, new.id, as_json):
-                    outcome = run_flow(
-                        application,
-                        new.kind,
-                        new.inputs,
-                        list(new.step_names),
-                        new.id,
-                        triggered_by,
-                        errors_to=err,
-                        options=options,
-                    )
-                break
-            except ResourceBusyError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
+        with prefect_api() as api:  # the temporary server boots while the ledger is opened
+            application = build()
+            api.ready()
+            deadline = time.monotonic() + max(wait, 0.0)
+            while True:
+                try:
+                    with watching(application, new.id, as_json):
+                        outcome = run_flow(
+                            application,
+                            new.kind,
+                            new.inputs,
+                            list(new.step_names),
+                            new.id,
+                            triggered_by,
+                            errors_to=err,
+                            options=options,
+                        )
+                    break
+                except ResourceBusyError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
         saga = outcome.saga
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
         say_outcome(application, saga, outcome.line)
@@ -118,7 +122,7 @@ def resume(
             raise typer.Exit(EXIT_OK if before.status is SagaStatus.COMPLETED else EXIT_NOT_COMPLETED)
         runner = application.runner()
         try:
-            with watching(application, target, as_json):
+            with secret_blocks_reachable(application), watching(application, target, as_json):
                 saga = runner.advance(target)
         finally:
             runner.services.close()
@@ -145,7 +149,8 @@ def cancel(
             return
         runner = application.runner()
         try:
-            saga = runner.advance(target, Mode.ROLLBACK, reason="cancelled by request")
+            with secret_blocks_reachable(application):
+                saga = runner.advance(target, Mode.ROLLBACK, reason="cancelled by request")
             out.print(f"saga {saga.id} cancelled: {saga.status.value}")
             if saga.status.is_terminal:
                 from flows.approval import end_a_suspended_run

