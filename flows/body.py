@@ -27,6 +27,7 @@ import contextvars
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from app.wiring import App, build_app
@@ -78,8 +79,9 @@ def run_saga_flow(
         if driver is None and waiting_for_a_person(saga):
             suspend_for_approval(app, saga, log)  # a run resumed with the answer records it here
         while True:
-            final, followed = _drive(app, log, saga, first, following=driver)
-            if followed is not None or not waiting_for_a_person(final):
+            driven = _drive(app, log, saga, first, following=driver)
+            final, followed = driven.saga, driven.followed
+            if followed is not None or driven.cancelled or not waiting_for_a_person(final):
                 break
             # Stopped for a person: say so, show the plan, and let go of the worker.
             log.info(outcome_line(final, app.ledger.list_step_results(final.id)))
@@ -101,6 +103,14 @@ def run_saga_flow(
     if followed is not None:
         line += f" (driven by flow run {followed}: this run was a second submission and followed it)"
     log.info(line)
+    if driven.cancelled:
+        # Cancelled on a worker: let the engine end the run as the cancel it is (the worker marks
+        # it Cancelled; its hook says the outcome last). Returning a state instead would make the
+        # engine read a result from a run still Cancelling, and log that as an error.
+        from prefect.exceptions import TerminationSignal
+
+        publish(app.ledger, final)
+        raise TerminationSignal(signal=15)
     _publish_while_prefect_finishes(run_id, app.ledger, final)
     if final.status is SagaStatus.COMPLETED or followed is not None:
         return Completed(message=line, data=summary(final))
@@ -156,18 +166,25 @@ def _the_saga(
     return linked, Mode.FULL if linked.status is SagaStatus.FAILED else Mode.FORWARD
 
 
-def _drive(
-    app: App, log: Any, saga: SagaRun, first: Mode, *, following: uuid.UUID | None
-) -> tuple[SagaRun, uuid.UUID | None]:
-    """Drive the saga to a settled status here; or, while another run drives it, follow it.
+@dataclass
+class Driven:
+    """How driving a saga in this run ended."""
 
-    Returns the saga as it ended and, when it was followed, the flow run that drove it.
-    """
+    saga: SagaRun
+    followed: uuid.UUID | None = None  # the flow run that drove it, when this one only followed
+    cancelled: bool = False  # this run's process was told to stop (a cancel on a worker)
+
+
+def _drive(app: App, log: Any, saga: SagaRun, first: Mode, *, following: uuid.UUID | None) -> Driven:
+    """Drive the saga to a settled status here; or, while another run drives it, follow it."""
     from prefect.exceptions import TerminationSignal
 
     from tasks.prefect_steps import invoke_as_task, when_terminated
 
+    told: list[bool] = []
+
     def cancelled_here() -> None:
+        told.append(True)
         log.warning(f"flow run cancelled: saga {saga.id} is asked to stop at its next safe point")
         app.ledger.request_cancel(saga.id)
 
@@ -180,22 +197,26 @@ def _drive(
                 or current.status.needs_operator
                 or current.status is SagaStatus.AWAITING_APPROVAL
             ):
-                return current, following  # settled, or waiting for a person: nothing to hold a worker for
+                return Driven(
+                    current, following
+                )  # settled, or waiting for a person: nothing to hold a worker for
             try:
                 with when_terminated(cancelled_here):
                     result = runner.advance(saga.id, first)
                     if result.status is SagaStatus.COMPENSATING:
                         result = runner.advance(saga.id, Mode.ROLLBACK, reason=result.error)
-                return result, following
+                return Driven(result, following, cancelled=bool(told))
             except SagaBusyError as exc:
                 if following is None:
                     following = current.flow_run_id or uuid.UUID(int=0)
                     log.info(f"saga {saga.id} is driven by flow run {following}: following it to its end")
                 time.sleep(min(FOLLOW_POLL_SECONDS, max(exc.lease_expires_in or FOLLOW_POLL_SECONDS, 0.1)))
             except TerminationSignal:
+                if following is not None:
+                    raise  # a follower cancelled stops following: the saga is its driver's
                 # Cut off outside a step (the runner stopped and released the saga): roll back here.
                 cancelled_here()
-                return _roll_back_after_a_cancel(runner, saga), None
+                return Driven(_roll_back_after_a_cancel(runner, saga), None, cancelled=True)
     finally:
         runner.services.close()
 

@@ -21,14 +21,16 @@ def approval_line(saga: SagaRun) -> str:
 
 
 def outcome_line(saga: SagaRun, steps: list[StepResult]) -> str:
-    """``saga 1f2e... rolled back: 1 step undone, nothing left (step fail failed: ...)``."""
+    """``test saga 1f2e3d4c rolled back: 1 step undone, nothing left (step fail failed: ...)``."""
     line = _outcome(saga, steps)
     decided = approval_line(saga)
     return f"{line}; {decided}" if decided else line
 
 
 def _outcome(saga: SagaRun, steps: list[StepResult]) -> str:
-    head = f"{saga.kind} saga {saga.id}"
+    # The id's first 8 hex digits: every command takes them, and the outcome still fits where
+    # Prefect cuts a state message short (the full id is in the saga's artifact key and logs).
+    head = f"{saga.kind} saga {str(saga.id)[:8]}"
     done = [s for s in steps if s.status is StepStatus.COMPLETED]
     skipped = [s for s in steps if s.status is StepStatus.SKIPPED]
     undone = [s for s in steps if s.compensated_at is not None and s.compensation_attempts > 0]
