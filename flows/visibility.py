@@ -46,20 +46,29 @@ def _tries(step: StepResult) -> str:
 
 
 def ledger_rows(steps: list[StepResult]) -> list[dict[str, Any]]:
-    """The table artifact: the columns that matter first, the long ones last."""
+    """The table artifact: what happened to each step first, what it touched after. Prefect's table
+    does not wrap its cells and shows about 840 px of them beside the run's details on a 1400 px
+    screen: a long resources cell before ``tries`` and ``error`` pushed both out of sight."""
     return [
         {
             "#": s.step_idx,
             "step": s.step_name,
             "status": "failed, undone" if s.status.value == "failed" and s.compensated_at else s.status.value,
-            "resources": _resources(s),
             "tries": _tries(s),
             "error": (s.error or "")[:160],
+            "resources": _resources(s),
             # A skipped step never touched the provider: its key names nothing to look for.
             "idempotency key": "" if s.status.value == "skipped" else s.idempotency_key or "",
         }
         for s in steps
     ]
+
+
+def headline(saga: SagaRun, steps: list[StepResult]) -> str:
+    """The outcome without the saga's id, which the artifact's key already carries: a run's artifact
+    cards show only the first ~45 characters of a description, and with the id first they showed
+    no outcome at all."""
+    return outcome_line(saga, steps).replace(f"{saga.kind} saga {saga.id} ", f"{saga.kind} saga ", 1)
 
 
 def timeline_markdown(saga: SagaRun, steps: list[StepResult]) -> str:
@@ -83,7 +92,7 @@ def publish(ledger: Ledger, saga: SagaRun, *, steps: list[StepResult] | None = N
         run_id = saga.flow_run_id or _current_flow_run_id()
         with _client() as client:
             if run_id is not None:
-                heading = f"**{outcome_line(saga, steps)}**"
+                heading = f"**{headline(saga, steps)}**"
                 _upsert(client, run_id, f"saga-{saga.id}", "table", json.dumps(ledger_rows(steps)), heading)
                 _upsert(
                     client,
@@ -91,7 +100,7 @@ def publish(ledger: Ledger, saga: SagaRun, *, steps: list[StepResult] | None = N
                     f"saga-{saga.id}-timeline",
                     "markdown",
                     timeline_markdown(saga, steps),
-                    f"timeline of {saga.kind} saga {saga.id} ({saga.status.value})",
+                    f"timeline of the {saga.kind} saga, {saga.status.value.replace('_', ' ')}",
                 )
         if saga.status in ANNOUNCED:
             _announce(saga, run_id)
