@@ -9,10 +9,11 @@ Throughput is measured in steady state: before the flow starts, the token's firs
 allowance is spent evenly (250 GETs over one simulated minute, through the same budget), so no
 unspent burst flatters the result; then snapshots completed per simulated minute, from the flow's
 start to the last saga's end (flow start-up, the droplet listing and the last saga's latency
-count). The rate-limit bound is 250 / R_MIN snapshots a minute, with R_MIN = 4 the fewest requests
-a snapshot saga can make: the droplet's recent actions (recorded before the POST, so that an
-unanswered POST is never mistaken for a neighbour's action), the POST, one action GET that finds
-it completed, one listing GET that finds the snapshot.
+count). The rate-limit bound is 250 / R_MIN snapshots a minute, with R_MIN = 3 the fewest requests
+a snapshot saga can make: the POST, one action GET that finds it completed, one listing GET that
+finds the snapshot (nothing is read before the POST: only after an unanswered one does the saga
+look up what its name made, ``tasks.snapshots``). Requests per snapshot are the sagas' requests;
+the flow's one listing of the tagged droplets is reported beside them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SCALE = float(os.environ.get("BENCH_FLEET_SCALE", "0.25"))
 DROPLETS = int(os.environ.get("BENCH_FLEET_DROPLETS", "150"))
 CONCURRENCY = int(os.environ.get("BENCH_FLEET_CONCURRENCY", "50"))
 LIMIT = 250
-R_MIN = 4
+R_MIN = 3
 
 
 def run(mode: str) -> list[Any]:
@@ -98,12 +99,16 @@ def run(mode: str) -> list[Any]:
     sim_minutes = (finished[-1] - t0) / (60 * SCALE)
     per_minute = len(finished) / sim_minutes
     bound = LIMIT / R_MIN
-    per_snapshot = requests / completed if completed else float("nan")
+    # The flow's listing of the tagged droplets is a request per run, not per snapshot: it counts in
+    # the throughput, and is shown beside the per-snapshot figure rather than spread into it.
+    listing = counters["requests"].get("GET /v2/droplets", 0) - before["requests"].get("GET /v2/droplets", 0)
+    per_snapshot = (requests - listing) / completed if completed else float("nan")
     routes = ", ".join(
         f"{k}: {(v - before['requests'].get(k, 0)) / completed:.2f}"
         for k, v in sorted(counters["requests"].items())
-        if v - before["requests"].get(k, 0)
+        if v - before["requests"].get(k, 0) and k != "GET /v2/droplets"
     )
+    routes += f"; besides, the flow's droplet listing: {listing} request(s), {requests / completed:.3f} per snapshot with it"
     label = "fleet" if mode == "product" else "fleet_baseline_5s"
     detail = (
         f"{completed}/{DROPLETS} snapshots, concurrency {CONCURRENCY}, time_scale {SCALE}, wall {wall:.1f}s;"
@@ -113,8 +118,8 @@ def run(mode: str) -> list[Any]:
         return [
             metric(f"{label}.throughput_vs_bound", per_minute / bound, "x", ">=", 0.90, detail),
             metric(f"{label}.http_429", r429, "count", "<=", 0),
-            metric(f"{label}.requests_per_snapshot", per_snapshot, "req", "<=", 5, f"per route: {routes}"),
-            metric(f"{label}.snapshots_per_sim_minute", per_minute, "/min"),
+            metric(f"{label}.requests_per_snapshot", per_snapshot, "req", "<=", 3.0, f"per route: {routes}"),
+            metric(f"{label}.snapshots_per_sim_minute", per_minute, "/min", ">=", 75),
         ]
     return [
         metric(f"{label}.throughput_vs_bound", per_minute / bound, "x", detail=detail),

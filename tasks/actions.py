@@ -1,16 +1,28 @@
 """Droplet actions, performed once: post, record the action id at once, poll to the end.
 
-Every droplet action a step takes goes through ``perform_droplet_action``. It checkpoints
-``<slot>_posting`` before the POST and ``<slot>_action_id`` right after, so a runner that dies
-anywhere resumes by polling the same action. After a POST whose outcome is unknown (no response,
-an unreadable 2xx) it looks for the action among the droplet's recent ones before it would ever
-post again; a 422 "pending event" (another action runs) is waited out, not failed, for at most
+Every droplet action a step takes goes through ``perform_droplet_action``. It records
+``<slot>_posting`` with the write marker (``ctx.before_write``) before every POST and
+``<slot>_id`` right after, so a runner that dies anywhere resumes by polling the same action. After
+a POST whose outcome is unknown (no response, an unreadable 2xx) it looks for the action before it
+would ever post again, and how it tells its own action from a neighbour's of the same type depends
+on the action:
+
+- one that makes something named by the step (a snapshot) passes ``find_ours``, which looks for
+  what the name made; nothing is read before the POST (every request counts against the account's
+  rate limit), and the write marker records ``<slot>_posted_after``, a time on the provider's clock
+  (``DigitalOceanClient.provider_time``) that the step's first POST cannot have preceded;
+- any other (power, shutdown, resize, restore: nothing in them is the step's alone, and a
+  neighbour's action of the same type may start seconds before ours) reads the droplet's recent
+  actions before its first POST (``<slot>_known``): only an action not among them can be ours.
+
+A 422 "pending event" (another action runs) is waited out, not failed, for at most
 ``pending_event_wait_seconds`` (the shared ``sagas.retry.RetryPolicy``: the one retry layer of that
 wait; the client does not retry a 422).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,13 +46,24 @@ MAX_UNANSWERED_POSTS = 3
 # pending_event_wait_seconds bounds the wait; this only keeps a zero poll interval from spinning.
 PENDING_EVENT_MAX_TRIES = 10_000
 
+# After an unanswered POST: the id of our action if one landed, None once it is certain that none
+# did (then the step posts again). It may poll until it can tell, and may raise to end the step
+# another way (the snapshot step, when what the POST made is already there).
+FindOurs = Callable[[], int | None]
+
 
 def perform_droplet_action(
-    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, request: Any, *, slot: str = "action"
+    ctx: StepContext,
+    do: DigitalOceanClient,
+    droplet_id: int,
+    request: Any,
+    *,
+    slot: str = "action",
+    find_ours: FindOurs | None = None,
 ) -> Action:
     """Run one droplet action to completion, exactly once; raise if it ends ``errored``."""
     fresh = ctx.recorded.get(f"{slot}_id") is None and not ctx.recorded.get(f"{slot}_posting")
-    action_id = start_droplet_action(ctx, do, droplet_id, request, slot=slot)
+    action_id = start_droplet_action(ctx, do, droplet_id, request, slot=slot, find_ours=find_ours)
     # A wait that starts with our POST can learn how long this type of action usually takes.
     action = wait_for_action(ctx, do, action_id, typical=f"action:{request.type}" if fresh else None)
     # The provider's own timing of the wait, for the saga's timeline; saved with the step's result.
@@ -53,7 +76,13 @@ def perform_droplet_action(
 
 
 def start_droplet_action(
-    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, request: Any, *, slot: str = "action"
+    ctx: StepContext,
+    do: DigitalOceanClient,
+    droplet_id: int,
+    request: Any,
+    *,
+    slot: str = "action",
+    find_ours: FindOurs | None = None,
 ) -> int:
     """The id of our action: recorded, adopted after an unanswered POST, or freshly posted."""
     recorded: int | None = ctx.recorded.get(f"{slot}_id")
@@ -63,6 +92,14 @@ def start_droplet_action(
     settings = ctx.services.settings
     backoff = Backoff(settings.poll_initial_seconds, settings.poll_max_seconds)
 
+    def adopt() -> int | None:
+        if find_ours is None:
+            return adopt_action(ctx, do, droplet_id, request.type, slot=slot)
+        action_id = find_ours()
+        if action_id is not None:
+            ctx.checkpoint(**{f"{slot}_id": action_id, f"{slot}_adopted": True})
+        return action_id
+
     def post_once() -> int:
         """Adopt or post. A PendingEventError applied nothing: the policy below waits it out and
         comes back here, where an earlier POST that landed late (the pending event itself) is found."""
@@ -70,7 +107,7 @@ def start_droplet_action(
         while True:
             if unanswered:
                 # An earlier POST may have landed late: adopt its action rather than post again.
-                adopted = adopt_action(ctx, do, droplet_id, request.type, slot=slot)
+                adopted = adopt()
                 if adopted is not None:
                     return adopted
                 if unanswered > MAX_UNANSWERED_POSTS:
@@ -78,22 +115,16 @@ def start_droplet_action(
                         f"{MAX_UNANSWERED_POSTS} {request.type} POSTs for droplet {droplet_id} went"
                         " unanswered and none shows up among its actions"
                     )
-            if f"{slot}_known" not in ctx.recorded:
-                # What already ran on the droplet: after an unanswered POST, only an action that is
-                # not among these can be ours (clocks cannot tell a neighbour's action from ours).
-                known = [
-                    a.id for a in do.list_droplet_actions(droplet_id, max_pages=1) if a.type == request.type
-                ]
-                ctx.before_write(**{f"{slot}_known": known, f"{slot}_posting": True})
-            else:
-                ctx.before_write(**{f"{slot}_posting": True})
+            ctx.before_write(
+                **_write_marker(ctx, do, droplet_id, request.type, slot, named=find_ours is not None)
+            )
             try:
                 action = do.post_droplet_action(droplet_id, request)
             except PendingEventError:
                 raise
             except ProviderResponseError:
                 # A 2xx we could not read: the write happened. Adopt it; never post again.
-                adopted = adopt_action(ctx, do, droplet_id, request.type, slot=slot)
+                adopted = adopt()
                 if adopted is None:
                     raise
                 return adopted
@@ -125,6 +156,28 @@ def start_droplet_action(
     except PendingEventError:
         _forget_post_unless_unanswered(ctx, slot, unanswered)
         raise
+
+
+def _write_marker(
+    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, action_type: str, slot: str, *, named: bool
+) -> dict[str, Any]:
+    """What the write marker records before a POST: that it may be sent, and what will tell our action
+    from a neighbour's if its answer never comes (see the module docstring)."""
+    fields: dict[str, Any] = {f"{slot}_posting": True}
+    if named:
+        if f"{slot}_posted_after" not in ctx.recorded:
+            # Once, before the first POST: every POST of this step comes later. On the provider's
+            # clock, the one that stamps the started_at and created_at it will be compared with;
+            # None when this process has had no answer from the provider yet (no time bound then).
+            at = do.provider_time()
+            fields[f"{slot}_posted_after"] = None if at is None else at.isoformat()
+    elif f"{slot}_known" not in ctx.recorded:
+        # What already ran on the droplet: after an unanswered POST, only an action that is not
+        # among these can be ours (clocks cannot tell a neighbour's action from ours).
+        fields[f"{slot}_known"] = [
+            a.id for a in do.list_droplet_actions(droplet_id, max_pages=1) if a.type == action_type
+        ]
+    return fields
 
 
 def _forget_post_unless_unanswered(ctx: StepContext, slot: str, unanswered: int) -> None:
@@ -172,4 +225,10 @@ def wait_for_action(
     )
 
 
-__all__ = ["DropletActionRequest", "perform_droplet_action", "start_droplet_action", "wait_for_action"]
+__all__ = [
+    "DropletActionRequest",
+    "FindOurs",
+    "perform_droplet_action",
+    "start_droplet_action",
+    "wait_for_action",
+]

@@ -34,7 +34,15 @@ class TypicalWait:
     poll that finds the wait over shortens the estimate a little, one that finds it still running
     lengthens it more, so about ``quantile`` of first polls succeed. Each poll costs a request
     against the account's rate limit; a blind backoff from 1 s spends 3-4 of them per wait.
+
+    Only a poll that went out about when it was asked to (``held``, the time the poll itself took,
+    under ``ON_TIME`` of the delay) shortens the estimate: one the rate budget held back found the
+    wait over because it was late, which says nothing of the estimate. Learning from those, a
+    saturated fleet shrank its estimates far below the real waits, and its first polls then missed
+    whenever the budget's queue happened to be short.
     """
+
+    ON_TIME = 0.25
 
     def __init__(self, quantile: float = 0.95, gain: float = 0.2) -> None:
         self._quantile = quantile
@@ -47,11 +55,16 @@ class TypicalWait:
         with self._lock:
             return self._estimates.get(key, default)
 
-    def observe(self, key: str, delay: float, over: bool, *, floor: float, cap: float) -> None:
-        """The first poll, ``delay`` after the wait began, found it ``over`` (or not)."""
+    def observe(
+        self, key: str, delay: float, over: bool, *, held: float = 0.0, floor: float, cap: float
+    ) -> None:
+        """The first poll, asked for ``delay`` after the wait began and answered ``held`` later,
+        found it ``over`` (or not)."""
         with self._lock:
             estimate = self._estimates.get(key, delay)
             if over:
+                if held > self.ON_TIME * delay:
+                    return  # it went out late: no evidence that the estimate was long enough
                 estimate *= 1 - self._gain * (1 - self._quantile)
             else:
                 estimate *= 1 + self._gain * self._quantile
@@ -75,9 +88,15 @@ def wait_until(
     if typical is not None and TYPICAL.enabled:
         delay = TYPICAL.first_delay(typical, settings.poll_initial_seconds)
         ctx.sleep(delay)
+        asked = ctx.services.monotonic()
         found = poll()
         TYPICAL.observe(
-            typical, delay, found is not None, floor=settings.poll_initial_seconds / 10, cap=timeout / 2
+            typical,
+            delay,
+            found is not None,
+            held=ctx.services.monotonic() - asked,  # the rate budget's queue, the network, the provider
+            floor=settings.poll_initial_seconds / 10,
+            cap=timeout / 2,
         )
         if found is not None:
             return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import TypeVar
 
 import httpx
@@ -138,3 +139,33 @@ def test_droplet_life_cycle_and_dns(do: DigitalOceanClient, sim: RunningSimulato
     assert writes[f"action:shutdown:{created.id}"] == 1 and f"action:power_off:{created.id}" not in writes
     assert sim.app.state()["counters"]["responses_429"] == 0
     assert time.monotonic() - started < 10
+
+
+def test_the_provider_clock_read_before_a_post_is_not_later_than_the_actions_started_at(
+    sim: RunningSimulator,
+) -> None:
+    """Learned from the Date headers of earlier answers, at no request of its own: a step records it
+    before a POST to tell later which actions could be its own (``tasks.actions``)."""
+    from sagas.digitalocean.provider_clock import ProviderClock, provider_clock_for
+
+    sim.app.reset()
+    droplet_id = int(sim.state.seed_droplet({"name": "clock-1"})["id"])
+    token = SecretStr("dop_v1_e2e-test")
+    with httpx.Client(base_url=sim.base_url, timeout=5) as http:
+        do = DigitalOceanClient(http, token, provider_clock=ProviderClock())
+        assert do.provider_time() is None  # no answer yet
+        do.get_droplet(droplet_id)
+        answered = do.provider_time()
+        time.sleep(1.5)
+        posted_after = do.provider_time()
+        action = do.post_droplet_action(droplet_id, PowerOffActionRequest())
+        assert answered is not None and posted_after is not None
+        assert posted_after - answered >= timedelta(seconds=1.5)  # it keeps up between answers
+        # Never later than the provider's clock when the POST landed (Date and started_at are whole
+        # seconds: within one), and close below it (a server under load may refresh Date late).
+        assert posted_after <= action.started_at + timedelta(seconds=1)
+        assert posted_after >= action.started_at - timedelta(seconds=5)
+        # Every client of the API in this process shares one clock: a fresh one knows the time at once.
+        DigitalOceanClient(http, token).get_droplet(droplet_id)
+        assert DigitalOceanClient(http, token).provider_time() is not None
+        assert provider_clock_for(sim.base_url).now_at_least() is not None

@@ -69,25 +69,27 @@ def test_snapshot_saga_completes_with_one_named_snapshot(
     assert saga.context["create_droplet_snapshot"]["snapshot_name"] == name
 
 
-def test_a_first_attempt_asks_the_provider_nothing_it_already_knows(
+def test_a_snapshot_saga_on_the_common_path_makes_exactly_three_requests(
     sim: httpx.Client, ledger: Ledger, settings: Settings
 ) -> None:
-    """No POST was ever recorded, so no snapshot of this saga's name can exist: no lookup by name
-    before the POST. One listing GET finds it afterwards (no listing lag here)."""
-    sim.post("/_sim/config", json={"snapshot_listing_lag_seconds": 0}).raise_for_status()
+    """No POST was ever recorded, so no snapshot of this saga's name can exist: nothing is read
+    before the POST. One action poll finds it done and one listing finds the snapshot (the action
+    is instant and there is no listing lag here: the first poll of each is the one that finds it)."""
+    sim.post(
+        "/_sim/config", json={"action_seconds_by_type": {"snapshot": 0}, "snapshot_listing_lag_seconds": 0}
+    ).raise_for_status()
     droplet = seed_droplet(sim)
     saga_id = start(ledger, "snapshot", {"droplet_id": droplet})
-    before = sim.get("/_sim/state").json()["counters"]["requests"]
+    since = sim.get("/_sim/requests").json()["last_seq"]
     saga = runner(ledger, settings).advance(saga_id)
     assert saga.status is SagaStatus.COMPLETED, saga.error
-    after = sim.get("/_sim/state").json()["counters"]["requests"]
-
-    def made(route: str) -> int:
-        return int(after.get(route, 0)) - int(before.get(route, 0))
-
-    assert made("GET /v2/droplets/{droplet_id}/snapshots") == 1
-    assert made("POST /v2/droplets/{droplet_id}/actions") == 1
-    assert made("GET /v2/droplets/{droplet_id}/actions") == 1  # what ran before our POST
+    made = sim.get("/_sim/requests", params={"since": since}).json()["requests"]
+    action_id = saga.context["create_droplet_snapshot"]["action_id"]
+    assert [(r["method"], r["path"], r["status"]) for r in made] == [
+        ("POST", f"/v2/droplets/{droplet}/actions", 201),
+        ("GET", f"/v2/actions/{action_id}", 200),
+        ("GET", f"/v2/droplets/{droplet}/snapshots", 200),
+    ]
 
 
 def test_seed_smoke_rolls_back_and_leaves_nothing(
@@ -137,6 +139,91 @@ def test_lost_response_is_adopted_not_reposted(sim: httpx.Client, ledger: Ledger
     assert writes(sim, name) == 1
     assert [s["name"] for s in live_snapshots(sim)] == [name]
     assert steps_of(ledger, saga_id)["create_droplet_snapshot"].output["action_adopted"] is True
+
+
+def _neighbour_snapshot(api: httpx.Client, droplet: int) -> int:
+    """Someone else (another tool, a person in the control panel) snapshots the droplet."""
+    response = api.post(
+        f"/v2/droplets/{droplet}/actions", json={"type": "snapshot", "name": "by-a-neighbour"}
+    )
+    response.raise_for_status()
+    return int(response.json()["action"]["id"])
+
+
+def _action_done(api: httpx.Client, action_id: int) -> bool:
+    return bool(api.get(f"/v2/actions/{action_id}").json()["action"]["status"] == "completed")
+
+
+def _snapshot_actions(sim: httpx.Client) -> list[int]:
+    return [a["id"] for a in sim.get("/_sim/state").json()["actions"] if a["type"] == "snapshot"]
+
+
+def test_a_neighbours_snapshot_that_finished_just_before_our_lost_post_is_not_adopted(
+    sim: httpx.Client, api: httpx.Client, ledger: Ledger, settings: Settings
+) -> None:
+    """A snapshot action of the same droplet, by someone else, completes; at once our POST is
+    applied and its answer lost. Nothing was read before our POST, so the two actions differ only in
+    what they made: ours is the action during which the snapshot with our name was stamped."""
+    # A second of wall time per snapshot action: whole-second timestamps can tell the two apart.
+    sim.post("/_sim/config", json={"action_seconds_by_type": {"snapshot": 50}}).raise_for_status()
+    droplet = seed_droplet(sim)
+    neighbours = _neighbour_snapshot(api, droplet)
+    wait_for(lambda: _action_done(api, neighbours), what="the neighbour's snapshot to finish")
+    sim.post(
+        "/_sim/faults",
+        json={"method": "POST", "path": f"^/v2/droplets/{droplet}/actions$", "kind": "lose_response"},
+    ).raise_for_status()
+    saga_id = start(ledger, "snapshot", {"droplet_id": droplet})
+    saga = runner(ledger, settings).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED, saga.error
+    name = f"arcadia-snap-{droplet}-{saga_id.hex[:8]}"
+    assert writes(sim, name) == 1
+    assert sorted(s["name"] for s in live_snapshots(sim)) == sorted([name, "by-a-neighbour"])
+    [ours] = [a for a in _snapshot_actions(sim) if a != neighbours]
+    output = steps_of(ledger, saga_id)["create_droplet_snapshot"].output
+    assert output["action_id"] == ours
+    assert output["action_adopted"] is True
+
+
+@pytest.mark.parametrize(
+    "fault, neighbour_finishes_first",
+    [
+        # Our POST arrives while the neighbour's snapshot runs: refused (422), and the refusal lost.
+        ("lose_response", False),
+        # The neighbour's snapshot has just finished; our POST is not applied, and answered 500.
+        ("error_500", True),
+    ],
+)
+def test_a_neighbours_snapshot_started_just_before_our_unanswered_post_is_never_adopted(
+    sim: httpx.Client,
+    api: httpx.Client,
+    ledger: Ledger,
+    settings: Settings,
+    fault: str,
+    neighbour_finishes_first: bool,
+) -> None:
+    """Our POST went unanswered and did not land; the only snapshot action since is a neighbour's,
+    of the same type, started just before. Adopting it would wait for a snapshot of our name that
+    never comes: the saga must see that what it made bears another name, post again, and end with
+    its own one snapshot."""
+    sim.post("/_sim/config", json={"action_seconds_by_type": {"snapshot": 25}}).raise_for_status()  # 0.5 s
+    droplet = seed_droplet(sim)
+    neighbours = _neighbour_snapshot(api, droplet)
+    if neighbour_finishes_first:
+        wait_for(lambda: _action_done(api, neighbours), what="the neighbour's snapshot to finish")
+    sim.post(
+        "/_sim/faults", json={"method": "POST", "path": f"^/v2/droplets/{droplet}/actions$", "kind": fault}
+    ).raise_for_status()
+    saga_id = start(ledger, "snapshot", {"droplet_id": droplet})
+    saga = runner(ledger, settings).advance(saga_id)
+    assert saga.status is SagaStatus.COMPLETED, saga.error
+    name = f"arcadia-snap-{droplet}-{saga_id.hex[:8]}"
+    assert writes(sim, name) == 1
+    assert sorted(s["name"] for s in live_snapshots(sim)) == sorted([name, "by-a-neighbour"])
+    [ours] = [a for a in _snapshot_actions(sim) if a != neighbours]
+    output = steps_of(ledger, saga_id)["create_droplet_snapshot"].output
+    assert output["action_id"] == ours  # posted again after the neighbour's was told apart
+    assert not output.get("action_adopted")
 
 
 def _cli(*args: str) -> subprocess.Popen[str]:

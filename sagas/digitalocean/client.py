@@ -19,6 +19,9 @@ path (callers must not stack another around it):
   header value) is ``ConfigurationError`` or ``ProviderError``, raised without its cause: the cause's
   text would quote the header, token included.
 
+Every response's ``Date`` header feeds the provider's clock (``provider_clock``, read through
+``provider_time()``), which steps compare with the provider's own timestamps.
+
 It must never put the token in a message, a log record or a URL, and never send it to a host other
 than ``base_url`` (pagination links are followed by path only).
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Literal, Self, TypeVar, get_args, overload
@@ -57,6 +61,7 @@ from sagas.digitalocean.models import (
     SnapshotEnvelope,
     SnapshotPage,
 )
+from sagas.digitalocean.provider_clock import ProviderClock, provider_clock_for
 from sagas.digitalocean.ratelimit import RequestBudget, budget_for_token
 from sagas.digitalocean.shared_budget import BudgetStore, shared_budget_for_token
 from sagas.errors import (
@@ -115,6 +120,7 @@ class DigitalOceanClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         max_rate_limit_wait: float = MAX_RATE_LIMIT_WAIT,
         before_send: Callable[[], None] | None = None,
+        provider_clock: ProviderClock | None = None,
     ) -> None:
         if not token.get_secret_value():
             raise ConfigurationError("an empty DigitalOcean token was given: set SAGAS_DO_TOKEN")
@@ -133,6 +139,8 @@ class DigitalOceanClient:
         # Called before every request; it may raise to stop the request (a runner that lost its
         # lease must not call the provider again).
         self._before_send = before_send
+        # The provider's clock, learned from every response's Date header (shared per base URL).
+        self._provider_clock = provider_clock or provider_clock_for(str(http.base_url))
         self._owns_http = False
 
     @classmethod
@@ -205,6 +213,12 @@ class DigitalOceanClient:
 
     def __repr__(self) -> str:
         return f"DigitalOceanClient(base_url={str(self._http.base_url)!r})"
+
+    def provider_time(self) -> datetime | None:
+        """A time DigitalOcean's clock has certainly reached (its latest ``Date`` header plus the time
+        elapsed here since), on the clock that stamps ``started_at`` and ``created_at``; None before
+        this process had any answer from it. Costs no request."""
+        return self._provider_clock.now_at_least()
 
     # --- droplets --------------------------------------------------------------------------------
 
@@ -447,6 +461,8 @@ class DigitalOceanClient:
                         " report it with the time of the request.",
                     ) from exc
                 finally:
+                    if response is not None:
+                        self._provider_clock.observe(response.headers.get("date"))
                     if self._budget is not None:
                         # Answered or not (a lost response was counted all the same), the request
                         # is counted from now on: the provider counted it no later than this.
