@@ -28,11 +28,10 @@ from sagas.context import Provisioning
 from sagas.errors import DestructiveCapError
 from sagas.ledger.store import Ledger
 from sagas.models import Admission, ApprovalDecision, DestructiveCaps, SagaStatus
-from sagas.operator.approval import decide
 from sagas.recovery import sweep
 from sagas.runner import Runner
 from sagas.services import Services
-from sagas.settings import Settings
+from sagas.settings import Settings, load_settings
 from tasks.registry import catalog
 from tests.conftest import MECHANICS, REPO, seed_droplet
 from tests.test_kinds import prepare
@@ -165,9 +164,10 @@ def test_sagas_run_wait_records_the_wait_shows_it_and_cancels_the_saga_when_it_g
 
 
 def test_a_saga_awaiting_approval_holds_no_place_and_takes_one_again_to_go_on(
-    ledger: Ledger, settings: Settings, sim: httpx.Client, api: httpx.Client
+    ledger: Ledger, sim: httpx.Client, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = settings.model_copy(update={"max_destructive_per_account": 1})
+    monkeypatch.setenv("SAGAS_MAX_DESTRUCTIVE_PER_ACCOUNT", "1")
+    settings = load_settings()
     capped = Provisioning(ledger, catalog(), caps=settings.destructive_caps)
 
     def advance(saga_id: uuid.UUID) -> Any:
@@ -185,13 +185,19 @@ def test_a_saga_awaiting_approval_holds_no_place_and_takes_one_again_to_go_on(
         "update", {"droplet_id": seed_droplet(sim, "web-2"), **RESIZE}, options=MECHANICS
     )
     assert update.admitted_at is not None
-    decide(ledger, offboard.id, ApprovalDecision.APPROVED, by="ops", note="customer left")
-    with pytest.raises(DestructiveCapError) as waits:
-        advance(offboard.id)
-    assert waits.value.recorded
+    approved = cli.invoke(app, ["approve", str(offboard.id), "--note", "customer left"])
+    assert approved.exit_code == 3, approved.output
+    assert (
+        f"saga {offboard.id} is approved (recorded) but waits to start: 1 destructive sagas"
+        in approved.output
+    )
     waiting = ledger.get_saga(offboard.id)
+    assert waiting.approval_decision is ApprovalDecision.APPROVED
     assert waiting.status is SagaStatus.AWAITING_APPROVAL and waiting.waiting_for_admission
     assert waiting.lease_owner is None  # released for whoever tries next
+    with pytest.raises(DestructiveCapError) as still:
+        advance(offboard.id)
+    assert still.value.recorded
     assert advance(update.id).status is SagaStatus.COMPLETED
     assert advance(offboard.id).status is SagaStatus.COMPLETED
     assert places_held(ledger) == 0

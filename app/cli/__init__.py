@@ -17,7 +17,8 @@ Exit codes scripts can rely on:
      compensation_failed; ``resolve`` on a completed, rolled_back or resolved saga)
   3  busy: another runner holds the saga, another saga holds the droplet, or too many destructive
      sagas run for the account or the customer deployment (``SAGAS_MAX_DESTRUCTIVE_*``); nothing
-     was written (``run --wait`` waits instead, recorded, and exits 3 if it gave up)
+     was written (``run --wait`` waits instead, recorded, and exits 3 if it gave up; ``approve``
+     records the decision and exits 3 when the approved saga must wait for a place)
   4  no such saga
   5  the ledger, a setting or the provider failed
   6  ``run``/``resume``: the saga stopped awaiting a person's approval; ``sagas approve ID --note``

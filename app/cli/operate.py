@@ -11,8 +11,20 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import EXIT_NOT_COMPLETED, EXIT_OK, build, err, errors, out, parse_id, watching
+from app.cli.common import (
+    EXIT_BUSY,
+    EXIT_NOT_COMPLETED,
+    EXIT_OK,
+    build,
+    err,
+    errors,
+    fail,
+    out,
+    parse_id,
+    watching,
+)
 from app.cli.render import orphan_json, print_orphans, print_saga
+from sagas.errors import DestructiveCapError
 from sagas.models import ApprovalDecision, SagaStatus
 
 
@@ -147,6 +159,13 @@ def _decide(saga_id: str, decision: ApprovalDecision, note: str, by: str | None,
         try:
             with watching(application, saga.id, as_json):
                 final = runner.advance(saga.id)
+        except DestructiveCapError as exc:
+            # The decision is recorded; only the start waits (the recovery sweep starts it later).
+            fail(
+                EXIT_BUSY,
+                f"saga {saga.id} is {decision.value} (recorded) but waits to start: {exc.reason};"
+                f" the recovery sweep starts it once a place frees, or `sagas resume {saga.id}`",
+            )
         finally:
             runner.services.close()
         print_saga(final, application.ledger.list_step_results(final.id), as_json)
