@@ -96,7 +96,10 @@ class Admissions:
                 }
             )
             statement = (
-                update(saga_runs).where(saga_runs.c.id == saga_id).where(saga_runs.c.admitted_at.is_(None))
+                update(saga_runs)
+                .where(saga_runs.c.id == saga_id)
+                .where(saga_runs.c.admitted_at.is_(None))
+                .where(saga_runs.c.status.in_([st.value for st in _ADMITTABLE]))  # not moved on meanwhile
             )
             if lease is not None:
                 statement = statement.where(
