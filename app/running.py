@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from app.wiring import App
-from sagas.errors import InputError, ResourceBusyError, SagaBusyError, SagaError
+from sagas.errors import DestructiveCapError, InputError, ResourceBusyError, SagaBusyError, SagaError
 from sagas.models import SagaRun
 from sagas.outcome import outcome_line
 
@@ -59,7 +59,7 @@ def run_flow(
     if not state.is_completed():
         try:
             state.result()  # the body's own exception, if it raised one
-        except (SagaBusyError, ResourceBusyError, InputError):
+        except (SagaBusyError, ResourceBusyError, DestructiveCapError, InputError):
             raise
         except FailedRun:
             pass  # the body ended the run with the saga's outcome: expected, not a crash

@@ -59,7 +59,9 @@ class App:
         return Runner(self.ledger, self.catalog, self.services(), invoke)
 
     def provisioning(self) -> Provisioning:
-        return Provisioning(self.ledger, self.catalog, launch=self.launch)
+        return Provisioning(
+            self.ledger, self.catalog, launch=self.launch, caps=self.settings.destructive_caps
+        )
 
 
 def build_app(settings: Settings | None = None) -> App:

@@ -79,7 +79,12 @@ def fmt(value: float) -> str:
 def main() -> int:
     quick = "--quick" in sys.argv
     env_quick = (
-        {"BENCH_LEDGER_ROWS": "100000", "BENCH_FLEET_DROPLETS": "60", "BENCH_CONCURRENT_SAGAS": "50"}
+        {
+            "BENCH_LEDGER_ROWS": "100000",
+            "BENCH_FLEET_DROPLETS": "60",
+            "BENCH_CONCURRENT_SAGAS": "50",
+            "BENCH_WORKERS_DROPLETS": "300",
+        }
         if quick
         else {}
     )
@@ -105,7 +110,13 @@ def main() -> int:
     bench("ledger cost", ["benchmarks.ledger_bench", "cost"], {})
     bench("ledger at scale", ["benchmarks.ledger_bench", "scale"], {})
     bench("budget overhead", ["benchmarks.budget"], {})
-    needs_prefect = ("orchestration overhead", "fleet", "fleet baseline", "concurrency")
+    needs_prefect = (
+        "orchestration overhead",
+        "fleet",
+        "fleet baseline",
+        "concurrency",
+        "fleet workers rollback",
+    )
     prefect: contextlib.AbstractContextManager[dict[str, str]]
     if only and not any(word in label for label in needs_prefect for word in only):
         prefect = contextlib.nullcontext({})
@@ -116,6 +127,7 @@ def main() -> int:
         bench("fleet", ["benchmarks.fleet", "product"], prefect_env)
         bench("fleet baseline", ["benchmarks.fleet", "baseline"], prefect_env)
         bench("concurrency", ["benchmarks.concurrency"], prefect_env)
+        bench("fleet workers rollback", ["benchmarks.workers"], prefect_env, timeout=900)
     total = time.perf_counter() - started
 
     width = max(len(r["name"]) for r in rows) if rows else 10

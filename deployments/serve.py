@@ -34,7 +34,7 @@ def main() -> None:
         fleet_snapshot.to_deployment(
             name="fleet-snapshot",
             cron="0 3 * * *",
-            parameters={"tag": "nightly-snapshot"},
+            parameters={"tag": "nightly-snapshot", "queue": "fleet"},
             tags=["arcadia-sagas"],
         )
     )

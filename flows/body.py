@@ -17,6 +17,11 @@
   the run is resumed (``failed``: forward; ``compensation_failed``: its rollback; unfinished: from
   where it stands); after a ``rolled_back`` saga, a new saga is started in its place, linked to it
   (``retry_of``) and named in the logs; a completed or resolved saga is left as it is.
+- **Too many destructive sagas at once** (``SAGAS_MAX_DESTRUCTIVE_PER_ACCOUNT`` /
+  ``_PER_DEPLOYMENT``): the run records its saga waiting, with the reason (the ledger, ``sagas
+  show``, the saga's card and a warning in the run's logs say why), and starts it when a place
+  frees; the same after a person approves a saga that must take a place again. A cancel
+  meanwhile rolls it back (nothing ran).
 - **This process losing its ledger** (the database, or the lease) is not the saga failing: the run
   fails saying so, and no hook rolls the saga back; the recovery sweep resumes it.
 """
@@ -34,14 +39,22 @@ from app.wiring import App, build_app
 from flows.approval import in_a_deployment, suspend_for_approval, waiting_for_a_person
 from flows.runbook import RUNBOOK
 from flows.visibility import publish
-from sagas.errors import InputError, LeaseLostError, LedgerError, ResourceBusyError, SagaBusyError
+from sagas.errors import (
+    DestructiveCapError,
+    InputError,
+    LeaseLostError,
+    LedgerError,
+    ResourceBusyError,
+    SagaBusyError,
+)
 from sagas.ledger.store import Ledger
-from sagas.models import SagaRun, SagaStatus
+from sagas.models import Admission, SagaRun, SagaStatus
 from sagas.outcome import outcome_line
 from sagas.runner import Mode, Runner
 
 _RETRIES = uuid.UUID("6f0f3d1c-8a5e-4f5e-9a51-2b7c0d4e8a10")
 FOLLOW_POLL_SECONDS = 1.0
+ADMISSION_POLL_SECONDS = 2.0  # how often a run waiting for a place under the destructive caps asks
 
 
 def run_saga_flow(
@@ -147,7 +160,10 @@ def _the_saga(
         options=options,
     )
     if linked is None:
-        return app.provisioning().create_saga(kind, inputs, saga_id=saga_id, **create), Mode.FORWARD  # type: ignore[arg-type]
+        return (
+            app.provisioning().create_saga(kind, inputs, saga_id=saga_id, admission=Admission.WAIT, **create),  # type: ignore[arg-type]
+            Mode.FORWARD,
+        )
     if linked.status is SagaStatus.ROLLED_BACK and retrying:
         new_id = uuid.uuid5(_RETRIES, f"{linked.id}:{flow_run.run_count}")
         log.info(f"saga {linked.id} rolled back; this retry starts saga {new_id} in its place")
@@ -156,6 +172,7 @@ def _the_saga(
             linked.inputs,
             saga_id=new_id,
             retry_of=linked.id,
+            admission=Admission.WAIT,
             **{**create, "steps": list(linked.step_names), "options": linked.options},  # type: ignore[arg-type]
         )
         return again, Mode.FORWARD
@@ -189,6 +206,7 @@ def _drive(app: App, log: Any, saga: SagaRun, first: Mode, *, following: uuid.UU
         app.ledger.request_cancel(saga.id)
 
     runner = app.runner(invoke_as_task)
+    waiting_since: float | None = None  # for a place under the caps on destructive sagas
     try:
         while True:
             current = app.ledger.get_saga(saga.id)
@@ -201,8 +219,15 @@ def _drive(app: App, log: Any, saga: SagaRun, first: Mode, *, following: uuid.UU
                     current, following
                 )  # settled, or waiting for a person: nothing to hold a worker for
             try:
+                if waiting_since is not None:
+                    time.sleep(ADMISSION_POLL_SECONDS)  # here, so that a cancel meanwhile rolls it back
                 with when_terminated(cancelled_here):
                     result = runner.advance(saga.id, first)
+                    if waiting_since is not None:
+                        log.info(
+                            f"saga {saga.id} started after waiting {time.monotonic() - waiting_since:.0f}s"
+                        )
+                        waiting_since = None
                     if result.status is SagaStatus.COMPENSATING:
                         result = runner.advance(saga.id, Mode.ROLLBACK, reason=result.error)
                 return Driven(result, following, cancelled=bool(told))
@@ -211,6 +236,12 @@ def _drive(app: App, log: Any, saga: SagaRun, first: Mode, *, following: uuid.UU
                     following = current.flow_run_id or uuid.UUID(int=0)
                     log.info(f"saga {saga.id} is driven by flow run {following}: following it to its end")
                 time.sleep(min(FOLLOW_POLL_SECONDS, max(exc.lease_expires_in or FOLLOW_POLL_SECONDS, 0.1)))
+            except DestructiveCapError as exc:
+                if waiting_since is None:
+                    # Said once, in the logs and on the saga's card: the ledger has the reason too.
+                    waiting_since = time.monotonic()
+                    log.warning(f"saga {saga.id} waits to start: {exc.reason}")
+                    publish(app.ledger, app.ledger.get_saga(saga.id))
             except TerminationSignal:
                 if following is not None:
                     raise  # a follower cancelled stops following: the saga is its driver's

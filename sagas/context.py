@@ -11,15 +11,21 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from sagas.errors import InputError, SagaNotFoundError
-from sagas.fields import EXAMPLE_SAGA_ID, CustomerDeploymentId, SagaId
+from sagas.fields import EXAMPLE_SAGA_ID, CustomerDeploymentId, QueueName, SagaId, validated
 from sagas.ledger.store import Ledger
-from sagas.models import SagaRun, SagaStatus, StepResult
+from sagas.models import Admission, DestructiveCaps, SagaRun, SagaStatus, StepResult
 from sagas.steps import Catalog
 
 Launcher = Callable[[SagaRun], None]
+
+
+class _QueueField(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    queue: QueueName
 
 
 _SAGA_ID: TypeAdapter[uuid.UUID] = TypeAdapter(SagaId)
@@ -65,11 +71,23 @@ def saga_id_or_start(value: str | uuid.UUID) -> uuid.UUID | str:
     return digits.lower()
 
 
+def parse_queue_name(value: str) -> str:
+    """A queue's name as ``sagas worker --queue`` and the ledger take it (``sagas.fields.QueueName``)."""
+    return validated(_QueueField, {"queue": value}, "queue name").queue
+
+
 class Provisioning:
-    def __init__(self, ledger: Ledger, catalog: Catalog, launch: Launcher | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        catalog: Catalog,
+        launch: Launcher | None = None,
+        caps: DestructiveCaps | None = None,
+    ) -> None:
         self.ledger = ledger
         self.catalog = catalog
         self._launch = launch
+        self.caps = caps  # the caps on destructive sagas; None: each saga's runner applies them
 
     def create_saga(
         self,
@@ -83,11 +101,18 @@ class Provisioning:
         flow_run_id: uuid.UUID | None = None,
         retry_of: uuid.UUID | None = None,
         options: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        queued_by: uuid.UUID | None = None,
+        admission: Admission = Admission.REFUSE,
     ) -> SagaRun:
         """Record the saga (nothing runs); the same id again returns the recorded one.
 
         ``flow_run_id`` links it to the Prefect flow run that drives it, in the same write;
-        ``retry_of`` to the rolled-back saga it replaces (Prefect's Retry of that flow run).
+        ``retry_of`` to the rolled-back saga it replaces (Prefect's Retry of that flow run);
+        ``queue`` puts it on a queue for ``sagas worker --queue`` processes, ``queued_by`` names
+        the flow run that watches it. A destructive saga over the caps is refused with
+        DestructiveCapError and nothing written (``Admission.REFUSE``), or recorded waiting for a
+        place (``Admission.WAIT``).
         """
         new = self.catalog.new_saga(
             kind,
@@ -102,9 +127,14 @@ class Provisioning:
             raise InputError("flow_run_id must be a UUID (the Prefect flow run's id)")
         if retry_of is not None and not isinstance(retry_of, uuid.UUID):
             raise InputError("retry_of must be a UUID (the id of the saga it replaces)")
-        if flow_run_id is not None or retry_of is not None:
-            new = new.model_copy(update={"flow_run_id": flow_run_id, "retry_of": retry_of})
-        saga, _created = self.ledger.create_saga(new)
+        if queued_by is not None and not isinstance(queued_by, uuid.UUID):
+            raise InputError("queued_by must be a UUID (the Prefect flow run's id)")
+        if queue is not None:
+            queue = parse_queue_name(queue)
+        new = new.model_copy(
+            update={"flow_run_id": flow_run_id, "retry_of": retry_of, "queue": queue, "queued_by": queued_by}
+        )
+        saga, _created = self.ledger.create_saga(new, admission=admission, caps=self.caps)
         return saga
 
     def start_saga(
@@ -117,8 +147,12 @@ class Provisioning:
         deployment_id: str | None = None,
         triggered_by: str = "manual",
         options: Mapping[str, Any] | None = None,
+        admission: Admission = Admission.REFUSE,
     ) -> SagaRun:
-        """Record the saga and launch its flow run. Starting the same saga id twice is harmless."""
+        """Record the saga and launch its flow run. Starting the same saga id twice is harmless.
+
+        A destructive saga over the caps is refused (DestructiveCapError, nothing written) unless
+        ``admission`` is ``Admission.WAIT``: then it is recorded waiting and its flow run waits."""
         if self._launch is None:
             raise InputError("this Provisioning has no launcher: use create_saga, or build it with one")
         saga = self.create_saga(
@@ -129,6 +163,7 @@ class Provisioning:
             deployment_id=deployment_id,
             triggered_by=triggered_by,
             options=options,
+            admission=admission,
         )
         self._launch(saga)
         return self.ledger.get_saga(saga.id)

@@ -12,6 +12,8 @@ never contains a token.
     ├── SagaNotFoundError            no saga with that id
     ├── SagaBusyError                another runner holds the saga's lease; nothing was written
     ├── ResourceBusyError            another unfinished saga acts on the same resource
+    ├── DestructiveCapError          too many destructive sagas run at once for the account or the
+    │                                customer deployment: refused (nothing written) or waiting
     ├── IdempotencyConflictError     another saga already recorded this step's idempotency key
     ├── LeaseLostError               this runner lost its lease mid-run (fencing); it stopped writing
     ├── DefinitionMismatchError      the saga's pinned steps differ from the registry's (rule 7)
@@ -80,6 +82,28 @@ class ResourceBusyError(SagaError):
             f"{resource} is held by saga {holder}, which is not finished: wait for it"
             f" (`sagas show {holder}`), or retry with a wait"
         )
+
+
+class DestructiveCapError(SagaError):
+    """Too many destructive sagas (offboard, rollback, update) run at once for the account or the
+    customer deployment. ``recorded`` is False when the saga was refused and nothing was written;
+    True when the saga is in the ledger, waiting for a place (``reason`` says why)."""
+
+    def __init__(self, reason: str, *, saga_id: str | None = None, recorded: bool = False) -> None:
+        self.reason = reason
+        self.saga_id = saga_id
+        self.recorded = recorded
+        if recorded:
+            message = (
+                f"saga {saga_id} waits to start: {reason}; it starts when one of them finishes"
+                f" (`sagas show {saga_id}` says why it waits; `sagas cancel {saga_id}` gives up)"
+            )
+        else:
+            message = (
+                f"refused: {reason}; nothing was written: try again when one of them finished,"
+                " or wait for a place (`sagas run --wait SECONDS`)"
+            )
+        super().__init__(message)
 
 
 class IdempotencyConflictError(SagaError):

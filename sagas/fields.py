@@ -216,6 +216,14 @@ CustomerDeploymentId = Annotated[
     Text(SAFE_TEXT, "text without control characters"),
 ]
 
+QUEUE = r"[a-z][a-z0-9_-]{0,62}"
+QueueName = Annotated[
+    str,
+    Strict(),
+    Field(description="A queue of sagas that `sagas worker --queue NAME` processes run.", examples=["fleet"]),
+    Text(QUEUE, "a queue name (lower-case letters, digits, _ and -, starting with a letter, up to 63)"),
+]
+
 EXAMPLE_SAGA_ID = "0b9d3c2e-6f4a-4d1b-9a8e-5c7f2e1d0a3b"
 UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 

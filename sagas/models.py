@@ -104,6 +104,12 @@ class NewSaga(BaseModel):
     flow_run_id: uuid.UUID | None = None  # the Prefect flow run that records and drives it
     options: dict[str, Any] = Field(default_factory=dict)  # a validated SagaOptions, as JSON
     retry_of: uuid.UUID | None = None  # the rolled-back saga a Prefect Retry replaced with this one
+    # Counted against the caps on destructive sagas (``DestructiveCaps``); from the kind, pinned.
+    destructive: bool = False
+    # Run by ``sagas worker --queue <queue>`` processes, not by a flow run or the recovery sweep;
+    # ``queued_by`` is the flow run (the fleet's) that queued it, which watches it.
+    queue: str | None = None
+    queued_by: uuid.UUID | None = None
 
 
 class SagaRun(BaseModel):
@@ -140,6 +146,18 @@ class SagaRun(BaseModel):
     approval_by: str | None = None
     approval_note: str | None = None
     approval_decided_at: datetime | None = None
+    destructive: bool = False
+    queue: str | None = None
+    queued_by: uuid.UUID | None = None
+    # A destructive saga holds a place under the caps from ``admitted_at`` while it runs; one that
+    # waits for a place says why (``waiting_reason``, null once admitted) and since when.
+    admitted_at: datetime | None = None
+    waiting_reason: str | None = None
+    waiting_since: datetime | None = None
+
+    @property
+    def waiting_for_admission(self) -> bool:
+        return self.waiting_reason is not None and self.admitted_at is None
 
 
 class StepResult(BaseModel):
@@ -182,6 +200,22 @@ class OperatorAction(BaseModel):
     detail: dict[str, Any]
     performed_by: str
     performed_at: datetime
+
+
+class Admission(StrEnum):
+    """What recording a destructive saga does when its caps are full."""
+
+    REFUSE = "refuse"  # raise DestructiveCapError; nothing is written
+    WAIT = "wait"  # record it waiting (with the reason); a later admission lets it start
+
+
+@dataclass(frozen=True)
+class DestructiveCaps:
+    """How many destructive sagas may run at once: per account (this ledger) and per customer
+    deployment (``deployment_id``). Sagas awaiting a person's approval do not count."""
+
+    per_account: int
+    per_deployment: int
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,9 @@ def _outcome(saga: SagaRun, steps: list[StepResult]) -> str:
             f"{head} awaits approval{until}{still}: `sagas approve {saga.id} --note ...`"
             f" or `sagas reject {saga.id} --note ...`"
         )
+    if saga.waiting_for_admission:
+        since = f" since {saga.waiting_since:%Y-%m-%d %H:%M:%S %Z}" if saga.waiting_since else ""
+        return f"{head} waits to start{since}: {saga.waiting_reason}"
     if saga.status is SagaStatus.RESOLVED:
         return f"{head} was resolved by hand by {saga.resolved_by}: {saga.resolution_note}"
     return f"{head} is {saga.status.value}{why}"

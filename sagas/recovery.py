@@ -9,6 +9,10 @@ Running the sweep twice, or while a runner is still alive, is safe: ``advance`` 
 lease first, so a saga someone holds is reported busy and left alone, and a saga that is already
 finished has nothing left to do. A cancel requested while the saga's runner was dead is honoured
 by the runner at its first safe point.
+
+A queued saga (``saga_runs.queue``) is never taken: it is its queue's workers' (``sagas.worker``),
+which take over a dead runner's sagas the same way. A destructive saga that cannot take a place
+under the caps yet is reported waiting and left for a later sweep.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sagas.errors import SagaBusyError, SagaError
+from sagas.errors import DestructiveCapError, SagaBusyError, SagaError
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun
 from sagas.runner import Mode, Runner
@@ -29,6 +33,7 @@ _log = logging.getLogger("sagas.recovery")
 class SweepReport:
     finished: dict[str, str] = field(default_factory=dict)  # saga id -> status afterwards
     busy: list[str] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)  # saga id -> why it cannot start yet
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -48,6 +53,9 @@ def sweep(
             saga = runner.advance(saga_id, Mode.FULL)
         except SagaBusyError:
             report.busy.append(str(saga_id))  # taken by a live runner since we listed it
+            continue
+        except DestructiveCapError as exc:
+            report.waiting[str(saga_id)] = exc.reason  # too many destructive sagas run: a later sweep
             continue
         except SagaError as exc:
             _log.error("recovery could not advance saga %s: %s", saga_id, exc)

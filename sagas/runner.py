@@ -31,6 +31,7 @@ from sagas.compensation import compensate
 from sagas.digitalocean.ratelimit import Priority, request_priority
 from sagas.errors import (
     DefinitionMismatchError,
+    DestructiveCapError,
     IdempotencyConflictError,
     InputError,
     LeaseLostError,
@@ -101,8 +102,10 @@ class Runner:
     def advance(self, saga_id: uuid.UUID, mode: Mode = Mode.FULL, *, reason: str | None = None) -> SagaRun:
         """Claim the saga, do what its ledger says is next (within ``mode``), release it.
 
-        Raises SagaBusyError (writing nothing) when another runner holds it; LeaseLostError or a
-        LedgerError when this runner had to stop (the saga is left for a resume).
+        Raises SagaBusyError (writing nothing) when another runner holds it; DestructiveCapError
+        when a destructive saga would start while too many run (it records why it waits, and
+        nothing else); LeaseLostError or a LedgerError when this runner had to stop (the saga is
+        left for a resume).
         """
         lease, saga = self.ledger.claim_saga(saga_id, self.services.settings.lease_seconds)
         heartbeat = Heartbeat(self.ledger, lease, clock=self.services.monotonic)
@@ -158,6 +161,7 @@ class Runner:
                         lease, SagaStatus.COMPENSATING, error=reason or "rolled back on request"
                     )
                 else:
+                    saga = self._take_a_place(hold, saga)
                     status = self._run_forward(hold, saga)
                     if mode is Mode.FORWARD or status is not SagaStatus.COMPENSATING:
                         return
@@ -195,6 +199,27 @@ class Runner:
                 f" ({', '.join(saga.step_names)}) but this code defines v{kind.version}"
                 f" ({', '.join(kind.steps or saga.step_names)}): deploy the matching code to finish it"
             )
+
+    # -- the caps on destructive sagas ------------------------------------------------------
+
+    def _take_a_place(self, hold: SagaHold, saga: SagaRun) -> SagaRun:
+        """A destructive saga about to start, or to go on after its approval, first takes a place
+        under the caps (``sagas.ledger.admission``); when they are full it writes why it waits and
+        raises DestructiveCapError (the saga is released as it was, for its waiter to try again).
+        A saga that will only roll back (cancelled, rejected) needs no place."""
+        starting = saga.status is SagaStatus.PENDING or (
+            saga.status is SagaStatus.AWAITING_APPROVAL
+            and saga.approval_decision is ApprovalDecision.APPROVED
+        )
+        if not (saga.destructive and starting) or saga.admitted_at is not None or saga.cancel_requested:
+            return saga
+        admitted = self.ledger.admit(saga.id, self.services.settings.destructive_caps, lease=hold.lease)
+        if admitted.admitted_at is None:
+            _log.info("saga %s waits to start: %s", saga.id, admitted.waiting_reason)
+            raise DestructiveCapError(
+                admitted.waiting_reason or "the caps are full", saga_id=str(saga.id), recorded=True
+            )
+        return admitted
 
     # -- the point of no return -------------------------------------------------------------
 

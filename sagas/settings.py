@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sagas.errors import ConfigurationError
+from sagas.models import DestructiveCaps
 
 DEFAULT_DO_API_URL = "https://api.digitalocean.com"
 # RFC 6750 b64token: what an ``Authorization: Bearer`` header may carry. DigitalOcean's own tokens
@@ -136,6 +137,16 @@ class Settings(BaseSettings):
         description="Seconds one attempt of a step may run before it is in doubt, by step name (JSON);"
         " a saga's own step_timeouts option wins.",
     )
+    # Blast radius: a script gone wrong offboards 10 droplets of the account at a time (2 of one
+    # customer), never the fleet in minutes. Sagas awaiting a person's approval do not count.
+    max_destructive_per_account: int = Field(
+        default=10,
+        ge=1,
+        description="Destructive sagas (offboard, rollback, update) running at once in this ledger.",
+    )
+    max_destructive_per_deployment: int = Field(
+        default=2, ge=1, description="Destructive sagas running at once for one customer deployment."
+    )
     compensation_attempts: int = Field(default=5, ge=1)
     forward_attempts: int = Field(default=5, ge=1, description="Tries of a step after the pivot.")
     compensation_backoff_seconds: float = Field(default=2.0, ge=0)
@@ -188,6 +199,10 @@ class Settings(BaseSettings):
                 " or SAGAS_DO_TOKEN"
             )
         return token
+
+    @property
+    def destructive_caps(self) -> DestructiveCaps:
+        return DestructiveCaps(self.max_destructive_per_account, self.max_destructive_per_deployment)
 
     @property
     def user(self) -> str:

@@ -150,6 +150,10 @@ class KindDefinition:
     # before the first step); ``asks_approval`` is the default, a saga's option overrides it.
     approval_before: str | None = None
     asks_approval: bool = False
+    # Destroys or replaces what the customer runs (offboard, rollback, update): capped at so many
+    # running at once per account and per customer deployment (``SAGAS_MAX_DESTRUCTIVE_*``). A
+    # saga of any kind that runs a pivot step (a test saga with ``delete_droplet``) counts too.
+    destructive: bool = False
 
     def approval_gate(self, step_names: tuple[str, ...]) -> int:
         """The index of the step a person approves, in a saga running ``step_names``."""
@@ -242,8 +246,12 @@ class Catalog:
             raise InputError(
                 f"step_timeouts names steps this saga does not run: {', '.join(sorted(unknown))}"
             )
+        destructive = kind.destructive or any(
+            d.reversibility_for(validated) is Reversibility.PIVOT for d in definitions
+        )
         return NewSaga(
             id=uuid.UUID(fields["saga_id"]) if "saga_id" in fields else uuid.uuid4(),
+            destructive=destructive,
             kind=kind.name,
             step_names=step_names,
             definition_version=kind.version,

@@ -13,7 +13,9 @@
 | snapshot  | create_droplet_snapshot                                                                 |
 | test      | any registered steps, chosen by the caller                                              |
 
-A kind's ``version`` is pinned into every saga it starts (rule 7): change a kind's step list and
+Destructive kinds (offboard, rollback, update: they destroy or replace what the customer runs)
+are capped at so many running at once, per account and per customer deployment
+(``SAGAS_MAX_DESTRUCTIVE_PER_ACCOUNT`` / ``_PER_DEPLOYMENT``). A kind's ``version`` is pinned into every saga it starts (rule 7): change a kind's step list and
 you must bump its version, so sagas started under the old list fail loudly instead of running
 different steps. Inputs use DigitalOcean's names.
 """
@@ -117,7 +119,12 @@ snap, off, on = "create_droplet_snapshot", "power_off_droplet", "power_on_drople
 @cache
 def catalog() -> Catalog:
     def kind(
-        name: str, summary: str, inputs: type[BaseModel], *steps: str, asks_approval: bool = False
+        name: str,
+        summary: str,
+        inputs: type[BaseModel],
+        *steps: str,
+        asks_approval: bool = False,
+        destructive: bool = False,
     ) -> KindDefinition:
         resource = _droplet_name_resource if name == "provision" else droplet_resource
         # A person approves before the first step that changes what the customer sees.
@@ -131,6 +138,7 @@ def catalog() -> Catalog:
             resource=resource,
             approval_before=visible,
             asks_approval=asks_approval,
+            destructive=destructive,
         )
 
     return Catalog(
@@ -166,6 +174,7 @@ def catalog() -> Catalog:
                 off,
                 "resize_droplet",
                 on,
+                destructive=True,
             ),
             kind(
                 "rollback",
@@ -176,6 +185,7 @@ def catalog() -> Catalog:
                 "restore_droplet",
                 on,
                 asks_approval=True,
+                destructive=True,
             ),
             kind(
                 "offboard",
@@ -186,6 +196,7 @@ def catalog() -> Catalog:
                 "delete_dns_record",
                 "delete_droplet",
                 asks_approval=True,
+                destructive=True,
             ),
             kind("snapshot", "snapshot one droplet", SnapshotKindInputs, snap),
             KindDefinition(

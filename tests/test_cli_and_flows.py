@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,7 +269,7 @@ def _wait_for_holder(ledger: Ledger, resource: str) -> uuid.UUID:
     raise AssertionError(f"nobody took {resource}")
 
 
-def test_fleet_snapshot_stays_inside_the_rate_limit(
+def test_fleet_snapshot_queues_one_saga_per_droplet_for_a_worker_inside_the_rate_limit(
     prefect_api: str, sim: httpx.Client, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The simulator enforces 40 requests a "minute" and runs 50x fast (a minute is 1.2 s);
@@ -281,10 +282,25 @@ def test_fleet_snapshot_stays_inside_the_rate_limit(
         for i in range(8)
     ]
     seed_droplet(sim, "not-in-the-fleet")
+    from app.wiring import build_app
     from flows.fleet import fleet_snapshot
+    from sagas.worker import QueueWorker
 
-    result = fleet_snapshot(tag="fleet", max_concurrency=8)
+    # The flow runs no saga itself: a worker (here a thread of this process) runs the queue.
+    application = build_app()
+    worker = QueueWorker(
+        application.ledger, application.runner, queue="fleet", concurrency=8, poll_seconds=0.1
+    )
+    working = threading.Thread(target=worker.run, daemon=True)
+    working.start()
+    try:
+        result = fleet_snapshot(tag="fleet")
+    finally:
+        worker.stop()
+        working.join(30)
     assert result == {"droplets": 8, "outcomes": {"completed": 8}}
+    assert worker.report.settled == {"completed": 8}
+    assert {s.queue for s in ledger.list_sagas()} == {"fleet"}
     counters = sim.get("/_sim/state").json()["counters"]
     assert counters["responses_429"] == 0
     names = sorted(s["name"] for s in live_snapshots(sim))
@@ -297,7 +313,7 @@ def test_fleet_snapshot_stays_inside_the_rate_limit(
             "/artifacts/filter", json={"artifacts": {"key": {"any_": ["fleet-snapshot-fleet"]}}}
         ).json()
     assert progress["type"] == "progress" and progress["data"] == 100.0
-    assert progress["description"] == "8 done, 0 rolled back, 0 failed or skipped, of 8 droplets"
+    assert progress["description"] == "8 done, 0 rolled back, 0 failed, 0 running, 0 waiting, of 8 droplets"
     rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
     assert [row["status"] for row in rows] == ["completed"] * 8
     assert {int(n.split("-")[2]) for n in names} == set(droplets)
@@ -384,3 +400,105 @@ def test_sagas_run_of_an_offboard_stops_awaiting_approval_with_exit_6_and_the_co
     approved = run_cli("approve", str(saga.id), "--note", "go ahead")
     assert approved.exit_code == 0, approved.output
     assert ledger.get_saga(saga.id).status.value == "completed"
+
+
+def _hold_the_only_place(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> uuid.UUID:
+    """One destructive saga may run at once, and one holds the place (pending, never run)."""
+    from sagas.context import Provisioning
+    from sagas.models import DestructiveCaps
+
+    monkeypatch.setenv("SAGAS_MAX_DESTRUCTIVE_PER_ACCOUNT", "1")
+    holder = Provisioning(ledger, catalog(), caps=DestructiveCaps(1, 1)).create_saga(
+        "update", {"droplet_id": 1, "size": "s-2vcpu-2gb"}
+    )
+    assert holder.admitted_at is not None
+    return holder.id
+
+
+def _wait_until_waiting(ledger: Ledger, saga_id: uuid.UUID, proc: Any = None) -> Any:
+    import time
+
+    deadline = time.monotonic() + 90
+    while True:
+        saga = ledger.get_sagas([saga_id]).get(saga_id)
+        if saga is not None and saga.waiting_for_admission:
+            return saga
+        assert time.monotonic() < deadline, proc.communicate() if proc is not None else "never waited"
+        assert proc is None or proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+
+
+def test_sagas_run_wait_waits_recorded_for_a_place_then_runs_the_saga(
+    prefect_api: str, sim: httpx.Client, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = _hold_the_only_place(ledger, monkeypatch)
+    droplet = seed_droplet(sim)
+    saga_id = uuid.uuid4()
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "run", "update", "--saga-id", str(saga_id), "--wait", "120",
+         "--inputs", json.dumps({"droplet_id": droplet, "size": "s-2vcpu-2gb"})],
+        cwd=REPO, env={**os.environ, "PREFECT_API_URL": prefect_api},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        waiting = _wait_until_waiting(ledger, saga_id, waiter)
+        assert waiting.status.value == "pending" and "SAGAS_MAX_DESTRUCTIVE_PER_ACCOUNT" in (
+            waiting.waiting_reason or ""
+        )
+        assert "waiting" in run_cli("show", str(saga_id)).output
+        cancelled = run_cli("cancel", str(holder))  # the holder gives its place up
+        assert cancelled.exit_code == 0, cancelled.output
+        out, err = waiter.communicate(timeout=180)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    assert waiter.returncode == 0, out + err
+    assert f"saga {saga_id} waits to start: 1 destructive sagas" in err
+    done = ledger.get_saga(saga_id)
+    assert done.status.value == "completed" and done.admitted_at is not None
+    assert done.waiting_since is not None and done.waiting_since < done.admitted_at
+
+
+def test_a_flow_run_over_the_cap_waits_says_why_in_its_logs_and_card_then_runs(
+    prefect_api: str, sim: httpx.Client, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows import flow_for
+
+    holder = _hold_the_only_place(ledger, monkeypatch)
+    droplet = seed_droplet(sim)
+    saga_id = uuid.uuid4()
+    ended: dict[str, Any] = {}
+
+    def run() -> None:
+        ended["state"] = flow_for("update")(
+            droplet_id=droplet, size="s-2vcpu-2gb", saga_id=saga_id, return_state=True
+        )
+
+    flow_thread = threading.Thread(target=run, daemon=True)
+    flow_thread.start()
+    waiting = _wait_until_waiting(ledger, saga_id)
+    assert waiting.flow_run_id is not None
+    with httpx.Client(base_url=prefect_api, timeout=10) as prefect:
+        logs = _wait_for_log(prefect, str(waiting.flow_run_id), f"saga {saga_id} waits to start")
+        assert "SAGAS_MAX_DESTRUCTIVE_PER_ACCOUNT allows (1)" in logs
+        [card] = prefect.post(
+            "/artifacts/filter", json={"artifacts": {"key": {"any_": [f"saga-{saga_id}"]}}}
+        ).json()
+        assert f"update saga {saga_id} waits to start" in card["description"]
+    assert run_cli("cancel", str(holder)).exit_code == 0
+    flow_thread.join(120)
+    assert ended["state"].is_completed(), ended["state"]
+    assert ledger.get_saga(saga_id).status.value == "completed"
+
+
+def _wait_for_log(prefect: httpx.Client, flow_run_id: str, text_in_it: str) -> str:
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        logs = prefect.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}}).json()
+        found = [entry["message"] for entry in logs if text_in_it in entry["message"]]
+        if found:
+            return str(found[0])
+        time.sleep(0.2)
+    raise AssertionError(f"no log of flow run {flow_run_id} says {text_in_it!r}")

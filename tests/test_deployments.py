@@ -102,11 +102,11 @@ def test_the_fleet_deployment_takes_flat_parameters_too(prefect_live: LivePrefec
     fields = deployment.parameter_openapi_schema["properties"]
     assert sorted(fields, key=lambda name: fields[name]["position"]) == [
         "tag",
-        "max_concurrency",
+        "queue",
         "label",
         "triggered_by",
     ]
-    assert deployment.parameters == {"tag": "nightly-snapshot", "max_concurrency": 5}
+    assert deployment.parameters == {"tag": "nightly-snapshot", "queue": "fleet"}
 
 
 def test_the_run_form_flags_a_negative_droplet_id_on_its_field(prefect_live: LivePrefect) -> None:
@@ -175,7 +175,7 @@ A_SAGA_ID = "0b9d3c2e-6f4a-4d1b-9a8e-5c7f2e1d0a3b"
         ("test", {"steps": ["create_droplet_snapshot", "os.system"]}, "'os.system' is not one of"),
         ("test", {"steps": []}, "field 'steps'"),
         ("provision", {**A_VALID_DROPLET, "region": "NYC3"}, "field 'region'"),
-        ("fleet-snapshot", {"tag": "nightly", "max_concurrency": 0}, "field 'max_concurrency'"),
+        ("fleet-snapshot", {"tag": "nightly", "queue": "Night Queue"}, "field 'queue'"),
     ],
 )
 def test_invalid_parameters_are_refused_before_any_run_or_saga(

@@ -1,8 +1,8 @@
 """The ``sagas`` command: parse, build the dependencies, call the code the flows call.
 
 The commands live by audience: ``run`` (run, resume, cancel), ``inspect`` (list, show, plan),
-``operate`` (approve, reject, retry-compensation, resolve, orphans), ``tools`` (simulator, db
-upgrade, demo).
+``operate`` (approve, reject, retry-compensation, resolve, orphans), ``work`` (worker: run a
+queue's sagas), ``tools`` (simulator, db upgrade, demo).
 
 Exit codes scripts can rely on:
   0  done: ``run``/``resume``: the saga completed; ``cancel``: the request was recorded (or the
@@ -16,7 +16,10 @@ Exit codes scripts can rely on:
      bad JSON or inputs, an empty ``--note``, or
      a command that does not apply to the saga's status (``retry-compensation`` on anything but
      compensation_failed; ``resolve`` on a completed, rolled_back or resolved saga)
-  3  busy: another runner holds the saga; nothing was written
+  3  busy: another runner holds the saga, another saga holds the droplet, or too many destructive
+     sagas run for the account or the customer deployment (``SAGAS_MAX_DESTRUCTIVE_*``); nothing
+     was written (``run --wait`` waits instead, recorded, and exits 3 if it gave up; ``approve``
+     records the decision and exits 3 when the approved saga must wait for a place)
   4  no such saga (no saga id starts with the start given)
   5  the ledger, a setting or the provider failed
   6  ``run``/``resume``: the saga stopped awaiting a person's approval; ``sagas approve ID --note``
@@ -35,7 +38,7 @@ from typing import Any
 
 import typer
 
-from app.cli import inspect, operate, run, terminal, tools
+from app.cli import inspect, operate, run, terminal, tools, work
 from app.cli.common import out
 
 cli = typer.Typer(
@@ -55,6 +58,7 @@ cli.command()(operate.reject)
 cli.command("retry-compensation")(operate.retry_compensation)
 cli.command()(operate.resolve)
 cli.command()(operate.orphans)
+cli.command()(work.worker)
 cli.command()(tools.simulator)
 cli.command()(tools.demo)
 db.command("upgrade")(tools.db_upgrade)

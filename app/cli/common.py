@@ -13,6 +13,7 @@ from rich.console import Console
 
 from sagas.errors import (
     ConfigurationError,
+    DestructiveCapError,
     InputError,
     LedgerError,
     ProviderError,
@@ -64,7 +65,7 @@ def errors() -> Iterator[None]:
         yield
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
-    except (SagaBusyError, ResourceBusyError) as exc:
+    except (SagaBusyError, ResourceBusyError, DestructiveCapError) as exc:
         fail(EXIT_BUSY, str(exc))
     except SagaNotFoundError as exc:
         fail(EXIT_NOT_FOUND, str(exc))

@@ -47,10 +47,10 @@ def list_sagas(
             grid.add_row(
                 Text(str(s.id)),
                 Text(s.kind),
-                status(s.status.value),
+                status("pending (waiting)" if s.waiting_for_admission else s.status.value),
                 Text(s.resource or ""),
                 f"{s.created_at:%m-%d %H:%M}",
-                Text((s.error or "")[:60]),
+                Text((s.error or s.waiting_reason or "")[:60]),
             )
         out.print(grid)
         if not sagas:

@@ -13,12 +13,14 @@ import typer
 
 from app.cli import terminal
 from app.cli.common import (
+    EXIT_BUSY,
     EXIT_NOT_COMPLETED,
     EXIT_OK,
     Verbose,
     build,
     err,
     errors,
+    fail,
     find_id,
     out,
     read_id,
@@ -27,6 +29,7 @@ from app.cli.common import (
     watching,
 )
 from app.cli.render import orphan_json, print_orphans, print_saga
+from sagas.errors import DestructiveCapError
 from sagas.models import ApprovalDecision, SagaStatus
 
 
@@ -172,6 +175,13 @@ def _decide(saga_id: str, decision: ApprovalDecision, note: str, by: str | None,
         try:
             with secret_blocks_reachable(application), watching(application, saga.id, as_json):
                 final = runner.advance(saga.id)
+        except DestructiveCapError as exc:
+            # The decision is recorded; only the start waits (the recovery sweep starts it later).
+            fail(
+                EXIT_BUSY,
+                f"saga {saga.id} is {decision.value} (recorded) but waits to start: {exc.reason};"
+                f" the recovery sweep starts it once a place frees, or `sagas resume {saga.id}`",
+            )
         finally:
             runner.services.close()
         print_saga(final, application.ledger.list_step_results(final.id), as_json)

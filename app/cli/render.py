@@ -25,6 +25,7 @@ STYLES = {
     "compensating": "magenta",
     "running": "blue",
     "pending": "dim",
+    "pending (waiting)": "yellow",
     "awaiting_approval": "bold yellow",
     "skipped": "dim",
 }
@@ -94,6 +95,19 @@ def print_saga(saga: SagaRun, steps: list[StepResult], as_json: bool) -> None:
     )
     if saga.lease_expires_at is not None and saga.lease_owner is not None:
         head.add_row("held", Text(f"by a runner, lease until {when(saga.lease_expires_at)}"))
+    if saga.queue:
+        queued = f" by flow run {saga.queued_by}" if saga.queued_by else ""
+        head.add_row(
+            "queue", Text(f"{saga.queue} (run by `sagas worker --queue {saga.queue}`; queued{queued})")
+        )
+    if saga.waiting_for_admission:
+        head.add_row(
+            "waiting",
+            Text(f"to start, since {when(saga.waiting_since)}: {saga.waiting_reason}", style="yellow"),
+        )
+    elif saga.destructive and saga.admitted_at is not None:
+        waited = f" after waiting since {when(saga.waiting_since)}" if saga.waiting_since else ""
+        head.add_row("destructive", Text(f"admitted under the caps at {when(saga.admitted_at)}{waited}"))
     if saga.cancel_requested:
         head.add_row("cancel", Text("requested"))
     if saga.error:

@@ -10,6 +10,7 @@ import typer
 
 from app.cli import terminal
 from app.cli.common import (
+    EXIT_BUSY,
     EXIT_NOT_COMPLETED,
     EXIT_OK,
     Verbose,
@@ -17,6 +18,7 @@ from app.cli.common import (
     err,
     errors,
     exit_code_of,
+    fail,
     find_id,
     out,
     parse_id,
@@ -30,8 +32,11 @@ from app.cli.common import (
 from app.cli.render import print_saga
 from app.prefect_server import prefect_api
 from app.running import run_flow
+from app.wiring import App
 from sagas.errors import ResourceBusyError, SagaBusyError
-from sagas.models import SagaStatus
+from sagas.models import Admission, SagaRun, SagaStatus
+
+ADMISSION_POLL_SECONDS = 1.0  # how often `run --wait` asks for a place under the destructive caps
 
 
 def run(
@@ -46,7 +51,11 @@ def run(
     triggered_by: Annotated[str, typer.Option(help="Who asked, recorded in the ledger.")] = "cli",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     wait: Annotated[
-        float, typer.Option(help="If another saga holds the droplet, wait up to this many seconds.")
+        float,
+        typer.Option(
+            help="If another saga holds the droplet, or too many destructive sagas run, wait up to"
+            " this many seconds (a wait for a place is recorded in the ledger)."
+        ),
     ] = 0.0,
     require_approval: Annotated[
         bool | None,
@@ -79,28 +88,77 @@ def run(
             application = build()
             api.ready()
             deadline = time.monotonic() + max(wait, 0.0)
+            # Recorded here, before the flow runs (which then finds it by its id): a refusal (the
+            # droplet is busy, or too many destructive sagas run) writes nothing; with --wait a saga
+            # over the caps is recorded waiting, and waits here, for `sagas show` to see.
             while True:
                 try:
-                    with watching(application, new.id, as_json):
-                        outcome = run_flow(
-                            application,
-                            new.kind,
-                            new.inputs,
-                            list(new.step_names),
-                            new.id,
-                            triggered_by,
-                            errors_to=err,
-                            options=options,
-                        )
+                    saga = application.provisioning().create_saga(
+                        new.kind,
+                        new.inputs,
+                        steps=parse_steps(steps),
+                        saga_id=new.id,
+                        triggered_by=triggered_by,
+                        options=options,
+                        admission=Admission.WAIT if wait > 0 else Admission.REFUSE,
+                    )
                     break
                 except ResourceBusyError:
                     if time.monotonic() >= deadline:
                         raise
                     time.sleep(min(2.0, max(deadline - time.monotonic(), 0.1)))
+            if saga.waiting_for_admission:
+                _wait_for_a_place(application, saga, deadline, wait)
+            with watching(application, new.id, as_json):
+                outcome = run_flow(
+                    application,
+                    new.kind,
+                    new.inputs,
+                    list(new.step_names),
+                    new.id,
+                    triggered_by,
+                    errors_to=err,
+                    options=options,
+                )
         saga = outcome.saga
         print_saga(saga, application.ledger.list_step_results(saga.id), as_json)
         say_outcome(application, saga, outcome.line)
         raise typer.Exit(exit_code_of(saga.status))
+
+
+def _wait_for_a_place(application: App, saga: SagaRun, deadline: float, wait: float) -> None:
+    """Wait (recorded in the ledger) until the destructive saga takes a place under the caps; at
+    the deadline, or on Ctrl-C, cancel it (nothing ran: it rolls back with nothing to undo)."""
+    err.print(f"saga {saga.id} waits to start: {saga.waiting_reason} (for up to {wait:.0f}s)", markup=False)
+    reason = saga.waiting_reason or ""
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(min(ADMISSION_POLL_SECONDS, max(deadline - time.monotonic(), 0.05)))
+            saga = application.ledger.admit(saga.id, application.settings.destructive_caps)
+            if not saga.waiting_for_admission:
+                return  # admitted, or no longer waiting (cancelled meanwhile): the flow says what became of it
+            reason = saga.waiting_reason or reason
+    except KeyboardInterrupt:
+        _give_up(application, saga.id, "interrupted while it waited to start")
+        raise
+    _give_up(application, saga.id, f"gave up after waiting {wait:.0f}s to start: {reason}")
+    fail(
+        EXIT_BUSY,
+        f"saga {saga.id} waited {wait:.0f}s to start and was cancelled (nothing ran): {reason}",
+    )
+
+
+def _give_up(application: App, saga_id: uuid.UUID, why: str) -> None:
+    from sagas.runner import Mode
+
+    application.ledger.request_cancel(saga_id)
+    runner = application.runner()
+    try:
+        runner.advance(saga_id, Mode.ROLLBACK, reason=why)
+    except SagaBusyError:
+        pass  # a runner took it meanwhile: it sees the cancel at its first safe point
+    finally:
+        runner.services.close()
 
 
 def resume(

@@ -351,7 +351,9 @@ _SET_STATUS = (
 _AWAIT_APPROVAL = (
     "WITH fence AS ("
     + _fence(
-        ", status = 'awaiting_approval', approval_requested_at = coalesce(approval_requested_at, now()),"
+        # Waiting for a person holds no place under the destructive caps: it takes one again to go on.
+        ", status = 'awaiting_approval', admitted_at = NULL,"
+        " approval_requested_at = coalesce(approval_requested_at, now()),"
         " approval_deadline_at = coalesce(approval_deadline_at, now() + make_interval(secs => %(deadline)s))"
     )
     + ") SELECT fence.cancel_requested AS fence_cancel_requested FROM fence"

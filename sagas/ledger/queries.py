@@ -23,14 +23,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from sagas.errors import (
+    DestructiveCapError,
     InputError,
     ResourceBusyError,
     SagaNotFoundError,
 )
+from sagas.ledger.admission import lock_places, why_full
 from sagas.ledger.database import READ_RECOVERY_SECONDS, translate_db_errors, while_ledger_recovers
 from sagas.ledger.rows import saga_from_row, step_from_row
 from sagas.ledger.tables import saga_resource_locks, saga_runs, saga_step_results
 from sagas.models import (
+    Admission,
+    DestructiveCaps,
     NewSaga,
     RecordedStep,
     SagaRun,
@@ -139,8 +143,10 @@ class SagaRecords:
         """
         grace = func.make_interval(0, 0, 0, 0, 0, 0, pending_grace_seconds)
         unheld = (saga_runs.c.lease_expires_at.is_(None)) | (saga_runs.c.lease_expires_at < func.now())
+        # A saga waiting for a place under the destructive caps is its waiter's while the waiter
+        # keeps asking (each try stamps ``waiting_checked_at``).
         started_or_stale = (saga_runs.c.status != SagaStatus.PENDING.value) | (
-            saga_runs.c.created_at < func.now() - grace
+            func.coalesce(saga_runs.c.waiting_checked_at, saga_runs.c.created_at) < func.now() - grace
         )
         # A saga awaiting a person is left alone until someone decided, cancelled, or its deadline passed.
         waiting = saga_runs.c.status == SagaStatus.AWAITING_APPROVAL.value
@@ -154,40 +160,129 @@ class SagaRecords:
             .where(saga_runs.c.status.in_([s.value for s in _RECOVERABLE]) | (waiting & answered))
             .where(unheld)
             .where(started_or_stale)
+            .where(saga_runs.c.queue.is_(None))  # a queued saga is its queue's workers' to run
             .order_by(saga_runs.c.created_at)
             .limit(limit)
         )
         with translate_db_errors("list recoverable sagas"), self._engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
+    # -- queues ------------------------------------------------------------------------------
+
+    def list_queued(
+        self,
+        queue: str,
+        *,
+        limit: int,
+        exclude: Collection[uuid.UUID] = (),
+        waiting_retry_seconds: float = 2.0,
+    ) -> list[uuid.UUID]:
+        """Sagas of ``queue`` a worker may run now, oldest first: pending ones, ones whose runner
+        died (lease expired), and ones awaiting approval that were answered (decided, cancelled,
+        deadline passed), as the recovery sweep would take them. One waiting for a place under the
+        destructive caps is offered again ``waiting_retry_seconds`` after it was last tried.
+        ``exclude``: those this worker already holds in hand."""
+        unheld = (saga_runs.c.lease_expires_at.is_(None)) | (saga_runs.c.lease_expires_at < func.now())
+        answered = (
+            saga_runs.c.approval_decision.isnot(None)
+            | saga_runs.c.cancel_requested
+            | (saga_runs.c.approval_deadline_at < func.now())
+        )
+        retry = func.make_interval(0, 0, 0, 0, 0, 0, waiting_retry_seconds)
+        query = (
+            select(saga_runs.c.id)
+            .where(saga_runs.c.queue == queue)
+            .where(saga_runs.c.status.in_(["pending", "running", "compensating", "awaiting_approval"]))
+            .where((saga_runs.c.status != SagaStatus.AWAITING_APPROVAL.value) | answered)
+            .where(unheld)
+            .where(
+                saga_runs.c.waiting_reason.is_(None) | (saga_runs.c.waiting_checked_at < func.now() - retry)
+            )
+            .order_by(saga_runs.c.created_at)
+            .limit(limit)
+        )
+        if exclude:
+            query = query.where(saga_runs.c.id.not_in(list(exclude)))
+        return self._read("list a queue's sagas", lambda c: list(c.execute(query).scalars()))
+
+    def count_queued_by(self, flow_run_id: uuid.UUID) -> dict[str, int]:
+        """How many of the sagas ``flow_run_id`` queued are in each status (``pending``: not started
+        yet, waiting for a worker or for a place under the destructive caps)."""
+        query = (
+            select(saga_runs.c.status, func.count())
+            .where(saga_runs.c.queued_by == flow_run_id)
+            .group_by(saga_runs.c.status)
+        )
+        rows = self._read("count a flow run's queued sagas", lambda c: list(c.execute(query)))
+        return {str(status): int(n) for status, n in rows}
+
+    def list_queued_by(self, flow_run_id: uuid.UUID) -> list[SagaRun]:
+        """Every saga ``flow_run_id`` queued, oldest first."""
+        query = (
+            select(saga_runs)
+            .where(saga_runs.c.queued_by == flow_run_id)
+            .order_by(saga_runs.c.created_at, saga_runs.c.id)
+        )
+        return self._read(
+            "list a flow run's queued sagas", lambda c: [saga_from_row(r) for r in c.execute(query)]
+        )
+
     # -- writes outside a run ----------------------------------------------------------------
 
-    def create_saga(self, new: NewSaga) -> tuple[SagaRun, bool]:
+    def create_saga(
+        self,
+        new: NewSaga,
+        *,
+        admission: Admission | None = None,
+        caps: DestructiveCaps | None = None,
+    ) -> tuple[SagaRun, bool]:
         """Insert the saga (and its resource lock), or return the existing one with that id.
 
         Returns ``(saga, created)``. Reusing an id for a *different* saga is an InputError; a
         resource held by another unfinished saga is a ResourceBusyError. Either way nothing is
         written: the saga row and its lock go in one transaction.
+
+        A new destructive saga with ``admission`` and ``caps`` takes its place under the caps in the
+        same transaction (``sagas.ledger.admission``): when they are full it is refused with
+        DestructiveCapError and nothing written (``Admission.REFUSE``), or recorded waiting, with
+        the reason (``Admission.WAIT``). Without ``admission`` its runner admits it before its
+        first step.
         """
-        statement = (
-            pg_insert(saga_runs)
-            .values(
-                id=new.id,
-                kind=new.kind,
-                step_names=list(new.step_names),
-                definition_version=new.definition_version,
-                inputs=new.inputs,
-                deployment_id=new.deployment_id,
-                resource=new.resource,
-                triggered_by=new.triggered_by,
-                flow_run_id=new.flow_run_id,
-                options=new.options,
-                retry_of=new.retry_of,
-            )
-            .on_conflict_do_nothing(index_elements=[saga_runs.c.id])
-            .returning(saga_runs)
+        values: dict[str, object] = dict(
+            id=new.id,
+            kind=new.kind,
+            step_names=list(new.step_names),
+            definition_version=new.definition_version,
+            inputs=new.inputs,
+            deployment_id=new.deployment_id,
+            resource=new.resource,
+            triggered_by=new.triggered_by,
+            flow_run_id=new.flow_run_id,
+            options=new.options,
+            retry_of=new.retry_of,
+            destructive=new.destructive,
+            queue=new.queue,
+            queued_by=new.queued_by,
         )
         with translate_db_errors("record a new saga"), self._engine.begin() as conn:
+            if new.destructive and admission is not None and caps is not None:
+                lock_places(conn)
+                known = conn.execute(select(saga_runs.c.id).where(saga_runs.c.id == new.id)).first()
+                reason = None if known is not None else why_full(conn, caps, new.deployment_id)
+                if known is None and reason is None:
+                    values["admitted_at"] = func.now()
+                elif reason is not None and admission is Admission.REFUSE:
+                    raise DestructiveCapError(reason)
+                elif reason is not None:
+                    values.update(
+                        waiting_reason=reason, waiting_since=func.now(), waiting_checked_at=func.now()
+                    )
+            statement = (
+                pg_insert(saga_runs)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=[saga_runs.c.id])
+                .returning(saga_runs)
+            )
             row = conn.execute(statement).one_or_none()
             if row is not None and new.resource is not None:
                 locked = conn.execute(

@@ -82,6 +82,16 @@ saga_runs = Table(
     Column("approval_by", Text),
     Column("approval_note", Text),
     Column("approval_decided_at", DateTime(timezone=True)),
+    # Run by ``sagas worker --queue <queue>`` processes; queued by (and watched by) a flow run.
+    Column("queue", Text),
+    Column("queued_by", UUID(as_uuid=True)),
+    # The caps on destructive sagas (``sagas.ledger.admission``): pinned from the kind; a place held
+    # from ``admitted_at`` (cleared while awaiting approval); why and since when one waits.
+    Column("destructive", Boolean, nullable=False, server_default=text("false")),
+    Column("admitted_at", DateTime(timezone=True)),
+    Column("waiting_reason", Text),
+    Column("waiting_since", DateTime(timezone=True)),
+    Column("waiting_checked_at", DateTime(timezone=True)),
     # The one-runner rule: a lease with an owner, an expiry and a fencing epoch that grows on
     # every claim, so a runner that lost its lease can never write again.
     Column("lease_owner", UUID(as_uuid=True)),
@@ -107,6 +117,7 @@ saga_runs = Table(
         " AND coalesce(length(btrim(approval_note)), 0) > 0)",
         name="saga_runs_approval_recorded",
     ),
+    CheckConstraint("queue IS NULL OR queue ~ '^[a-z][a-z0-9_-]{0,62}$'", name="saga_runs_queue_name"),
 )
 Index("saga_runs_created_idx", saga_runs.c.created_at.desc(), saga_runs.c.id)
 Index("saga_runs_flow_run_idx", saga_runs.c.flow_run_id, saga_runs.c.created_at.desc())
@@ -128,6 +139,23 @@ Index(
     "saga_runs_unfinished_idx",
     saga_runs.c.created_at,
     postgresql_where=text("status IN ('pending', 'running', 'compensating', 'awaiting_approval')"),
+)
+Index(
+    "saga_runs_queued_idx",
+    saga_runs.c.queue,
+    saga_runs.c.created_at,
+    postgresql_where=text(
+        "queue IS NOT NULL AND status IN ('pending', 'running', 'compensating', 'awaiting_approval')"
+    ),
+)
+Index("saga_runs_queued_by_idx", saga_runs.c.queued_by, postgresql_where=saga_runs.c.queued_by.isnot(None))
+Index(
+    "saga_runs_destructive_live_idx",
+    saga_runs.c.deployment_id,
+    postgresql_where=text(
+        "destructive AND admitted_at IS NOT NULL"
+        " AND status IN ('pending', 'running', 'compensating', 'awaiting_approval')"
+    ),
 )
 
 saga_step_results = Table(
