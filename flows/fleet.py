@@ -43,9 +43,9 @@ from sagas.models import SagaRun, SagaStatus
 from sagas.settings import Settings, TokenPurpose
 
 _FLEET_NAMESPACE = uuid.UUID("5d6c8f7e-3a57-4c4b-9d55-7a1f0e0c2b11")
-# The fewest requests a snapshot saga makes (README, Benchmarks: the droplet's recent actions, the
-# POST, one action GET, one listing GET); the ETA's unit of work.
-REQUESTS_PER_SNAPSHOT = 4
+# The requests a snapshot saga makes on its common path (README, Benchmarks: the POST, one action
+# GET, one listing GET); the ETA's unit of work.
+REQUESTS_PER_SNAPSHOT = 3
 STALL_SECONDS = 600.0  # nothing moved for this long: say that no worker seems to run the queue
 _SETTLED = {
     SagaStatus.COMPLETED,

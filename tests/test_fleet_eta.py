@@ -27,8 +27,8 @@ def test_the_progress_line_counts_each_status_and_gives_the_eta() -> None:
     watch.note(counts)
     assert watch.describe(counts) == (
         "0 done, 0 rolled back, 0 failed, 10 running, 9990 waiting, of 10002 droplets"
-        " (2 skipped: held by another saga); ETA 9h 16m at the account's budget for scheduled work"
-        " (240 requests a minute, 4,000 an hour; 4 requests a snapshot)"
+        " (2 skipped: held by another saga); ETA 6h 46m at the account's budget for scheduled work"
+        " (240 requests a minute, 4,000 an hour; 3 requests a snapshot)"
     )
     done = {"completed": 10_000}
     watch.note(done)
