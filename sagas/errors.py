@@ -31,7 +31,9 @@ never contains a token.
         ├── ProviderUnavailableError 5xx or transport failure on a request that is safe to repeat
         ├── AmbiguousWriteError      a write may or may not have happened (no response, 5xx after
         │                            send): resolve it by looking the resource up by its key
-        ├── ProviderResponseError    a response we cannot parse (HTML page, malformed JSON)
+        ├── ProviderResponseError    a response we cannot parse (malformed JSON)
+        │   └── ProviderNotReachedError  a 2xx that is not JSON at all (an HTML page at the URL):
+        │                            something else answered; the request never reached the provider
         └── ProviderActionError      an action the provider ran ended ``errored`` or timed out
 """
 
@@ -192,6 +194,13 @@ class AmbiguousWriteError(ProviderError):
 
 class ProviderResponseError(ProviderError):
     """A response body we could not understand."""
+
+
+class ProviderNotReachedError(ProviderResponseError):
+    """A 2xx answer that is not the provider's (not JSON: a captive portal, a wrong URL's web page).
+
+    The request never reached the provider, so a write it carried was not applied: sending it
+    again would not double anything, but it would meet the same page; the URL must be fixed."""
 
 
 class ProviderActionError(ProviderError):

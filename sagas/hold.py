@@ -67,7 +67,7 @@ class SagaHold:
     ) -> StepContext:
         ledger, lease = self.ledger, self.lease
 
-        def record_progress(patch: Mapping[str, Any], writing: bool) -> None:
+        def record_progress(patch: Mapping[str, Any], writing: bool | None) -> None:
             ledger.record_step_progress(lease, idx, patch, writing=writing)
 
         def cancel_requested() -> bool:

@@ -59,7 +59,8 @@ class StepContext:
     started_at: datetime | None
     attempt: int
     services: Services
-    record_progress: Callable[[Mapping[str, Any], bool], None] = field(repr=False)
+    # (fields, writing): True marks that a write may be sent, None takes that mark back, False neither.
+    record_progress: Callable[[Mapping[str, Any], bool | None], None] = field(repr=False)
     cancel_requested: Callable[[], bool] = field(repr=False)
     # When this attempt must be over (``services.monotonic`` seconds), or None: past it the step is
     # in doubt (StepTimeoutError at the next safe point) and the runner looks it up.
@@ -79,13 +80,28 @@ class StepContext:
         self.recorded.update(fields)
         self.record_progress(fields, False)
 
-    def before_write(self, **fields: Any) -> None:
+    def before_write(self, **fields: Any) -> bool:
         """Call before every provider write (POST, DELETE): records, durably and with ``fields``,
         that from now on a write may have been sent. A row without it proves nothing was sent: its
-        undo is skipped, and a pivot without it has not passed the point of no return."""
+        undo is skipped, and a pivot without it has not passed the point of no return.
+
+        Returns whether this is the step's first possible write (nothing could have been sent
+        before it): only then may ``write_not_sent`` take the mark back."""
+        first = not self.wrote
         self.recorded.update(fields)
         self.record_progress(fields, True)
         self.wrote = True
+        return first
+
+    def write_not_sent(self, *, first: bool, **fields: Any) -> None:
+        """The write after ``before_write`` provably never took effect (the provider refused the
+        request itself, or it never left this process): with ``fields`` recorded, and, when it was
+        the step's ``first`` write, the mark taken back, so the ledger again proves nothing was
+        sent (the undo then asks the provider nothing, a pivot may still roll back)."""
+        self.recorded.update(fields)
+        self.record_progress(fields, False if not first else None)
+        if first:
+            self.wrote = False
 
     def check_cancel(self) -> None:
         """A safe point: raise SagaCancelledError if a cancel was requested (LeaseLostError if the

@@ -32,8 +32,10 @@ from sagas.errors import (
     AmbiguousWriteError,
     PendingEventError,
     ProviderActionError,
+    ProviderNotReachedError,
     ProviderRejectedError,
     ProviderResponseError,
+    ProviderUnavailableError,
 )
 from sagas.retry import RetryPolicy
 from sagas.steps import StepContext
@@ -100,6 +102,8 @@ def start_droplet_action(
             ctx.checkpoint(**{f"{slot}_id": action_id, f"{slot}_adopted": True})
         return action_id
 
+    firsts: list[bool] = []  # whether each POST of this action was the step's first write
+
     def post_once() -> int:
         """Adopt or post. A PendingEventError applied nothing: the policy below waits it out and
         comes back here, where an earlier POST that landed late (the pending event itself) is found."""
@@ -115,12 +119,17 @@ def start_droplet_action(
                         f"{MAX_UNANSWERED_POSTS} {request.type} POSTs for droplet {droplet_id} went"
                         " unanswered and none shows up among its actions"
                     )
-            ctx.before_write(
+            first = ctx.before_write(
                 **_write_marker(ctx, do, droplet_id, request.type, slot, named=find_ours is not None)
             )
+            firsts.append(first)
             try:
                 action = do.post_droplet_action(droplet_id, request)
             except PendingEventError:
+                raise
+            except (ProviderUnavailableError, ProviderNotReachedError):
+                # It never reached the provider (not sent, or something else answered): nothing applied.
+                _forget_post_unless_unanswered(ctx, slot, unanswered, first=firsts[0])
                 raise
             except ProviderResponseError:
                 # A 2xx we could not read: the write happened. Adopt it; never post again.
@@ -135,7 +144,7 @@ def start_droplet_action(
                 ctx.sleep(backoff.next())
                 continue
             except ProviderRejectedError:
-                _forget_post_unless_unanswered(ctx, slot, unanswered)
+                _forget_post_unless_unanswered(ctx, slot, unanswered, first=firsts[0])
                 raise
             ctx.checkpoint(**{f"{slot}_id": action.id})
             return action.id
@@ -154,7 +163,7 @@ def start_droplet_action(
     try:
         return wait_out_pending_events.run(post_once)
     except PendingEventError:
-        _forget_post_unless_unanswered(ctx, slot, unanswered)
+        _forget_post_unless_unanswered(ctx, slot, unanswered, first=bool(firsts) and firsts[0])
         raise
 
 
@@ -180,10 +189,12 @@ def _write_marker(
     return fields
 
 
-def _forget_post_unless_unanswered(ctx: StepContext, slot: str, unanswered: int) -> None:
-    """A definite refusal applied nothing: the undo need not hunt for an action that never was."""
+def _forget_post_unless_unanswered(ctx: StepContext, slot: str, unanswered: int, *, first: bool) -> None:
+    """A definite refusal (or a POST that never reached the provider) applied nothing: the undo need
+    not hunt for an action that never was, and when it was the step's first write, the ledger again
+    proves the step sent nothing."""
     if not unanswered:
-        ctx.checkpoint(**{f"{slot}_posting": False})
+        ctx.write_not_sent(first=first, **{f"{slot}_posting": False})
 
 
 def adopt_action(

@@ -18,7 +18,9 @@ from sagas.errors import (
     AmbiguousWriteError,
     ProviderActionError,
     ProviderNotFoundError,
+    ProviderNotReachedError,
     ProviderResponseError,
+    ProviderUnavailableError,
 )
 from sagas.fields import Domain, Hostname
 from sagas.steps import KeyScope, StepContext, StepDefinition
@@ -79,13 +81,16 @@ def create_dns_record(ctx: StepContext) -> Mapping[str, Any]:
         if mine:  # made before a crash, or by an unanswered POST
             record = mine[0]
             break
-        ctx.before_write(posting=True, data=address)
+        first = ctx.before_write(posting=True, data=address)
         try:
             record = do.create_domain_record(
                 inputs.domain,
                 DomainRecordCreateRequest(type="A", name=inputs.hostname or "@", data=address, ttl=300),
             )
             break
+        except (ProviderUnavailableError, ProviderNotReachedError):
+            ctx.write_not_sent(first=first, posting=False)  # it never reached the provider
+            raise
         except (AmbiguousWriteError, ProviderResponseError):
             continue  # look again before posting again
     else:

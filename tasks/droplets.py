@@ -30,8 +30,10 @@ from sagas.errors import (
     AmbiguousWriteError,
     ProviderActionError,
     ProviderNotFoundError,
+    ProviderNotReachedError,
     ProviderRejectedError,
     ProviderResponseError,
+    ProviderUnavailableError,
 )
 from sagas.fields import (
     COMMON_SIZES,
@@ -168,10 +170,17 @@ def _post_droplet(ctx: StepContext, do: DigitalOceanClient, inputs: CreateDrople
     request = DropletCreateRequest(
         name=inputs.name, region=inputs.region, size=inputs.size, image=inputs.image, tags=[tag]
     )
+    firsts: list[bool] = []
     for _ in range(3):
-        ctx.before_write(posting=True)
+        firsts.append(ctx.before_write(posting=True))
         try:
             return do.create_droplet(request).id
+        except (ProviderUnavailableError, ProviderNotReachedError):
+            # It never reached the provider: nothing was created (and, if nothing before it was
+            # sent either, the ledger says so again).
+            if len(firsts) == 1:
+                ctx.write_not_sent(first=firsts[0], posting=False)
+            raise
         except (AmbiguousWriteError, ProviderResponseError):
             # Never post blindly again: a droplet that was created carries our tag.
             found = _find_tagged(ctx, do, tag)

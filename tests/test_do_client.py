@@ -44,6 +44,7 @@ from sagas.errors import (
     PendingEventError,
     ProviderError,
     ProviderNotFoundError,
+    ProviderNotReachedError,
     ProviderRejectedError,
     ProviderResponseError,
     ProviderUnavailableError,
@@ -1049,19 +1050,36 @@ def test_a_2xx_we_cannot_parse_is_a_response_error(
 ) -> None:
     fake.check_responses = False
     fake.on("GET", f"/v2/droplets/{DROPLET_ID}", response)
-    with pytest.raises(ProviderResponseError, match="DropletEnvelope"):
+    # A web page is not DigitalOcean's answer at all (ProviderNotReachedError, a ProviderResponseError).
+    with pytest.raises(ProviderResponseError, match=r"DropletEnvelope|not DigitalOcean's JSON"):
         client.get_droplet(DROPLET_ID)
     assert len(fake.requests) == 1
 
 
-def test_an_unreadable_2xx_to_a_post_says_the_write_happened(
+def test_an_unreadable_json_2xx_to_a_post_says_the_write_happened(
     client: DigitalOceanClient, fake: FakeDigitalOcean
 ) -> None:
     fake.check_responses = False
-    fake.on("POST", f"/v2/droplets/{DROPLET_ID}/actions", httpx.Response(201, text="<html>Created</html>"))
-    with pytest.raises(ProviderResponseError, match="look the resource up by its idempotency key"):
+    fake.on(
+        "POST",
+        f"/v2/droplets/{DROPLET_ID}/actions",
+        httpx.Response(201, content=b'{"action": {"id": ', headers={"content-type": "application/json"}),
+    )
+    with pytest.raises(ProviderResponseError, match="look the resource up by its idempotency key") as caught:
         client.create_droplet_snapshot(DROPLET_ID, "nightly")
+    assert not isinstance(caught.value, ProviderNotReachedError)
     assert len(fake.sent("POST")) == 1
+
+
+def test_a_web_page_answering_a_post_with_a_2xx_is_not_the_provider_and_applied_nothing(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
+    """DigitalOcean answers JSON, always: a page is a captive portal or a wrong SAGAS_DO_API_URL."""
+    fake.check_responses = False
+    fake.on("POST", f"/v2/droplets/{DROPLET_ID}/actions", httpx.Response(201, text="<html>Created</html>"))
+    with pytest.raises(ProviderNotReachedError, match="did not reach the provider"):
+        client.create_droplet_snapshot(DROPLET_ID, "nightly")
+    assert len(fake.sent("POST")) == 1  # not sent again: it would meet the same page
 
 
 def test_ids_are_checked_before_anything_is_sent(client: DigitalOceanClient, fake: FakeDigitalOcean) -> None:

@@ -71,6 +71,7 @@ from sagas.errors import (
     PendingEventError,
     ProviderError,
     ProviderNotFoundError,
+    ProviderNotReachedError,
     ProviderRejectedError,
     ProviderResponseError,
     ProviderUnavailableError,
@@ -582,6 +583,17 @@ class DigitalOceanClient:
     def _parse(self, where: str, response: httpx.Response, model: type[M] | None) -> M | None:
         if model is None:
             return None
+        kind = response.headers.get("content-type", "")
+        if response.content and "json" not in kind.lower():
+            # DigitalOcean answers JSON, always: a web page with a 2xx is someone else (a captive
+            # portal, SAGAS_DO_API_URL pointing at a web site), so the request never reached it.
+            raise self._error(
+                ProviderNotReachedError,
+                f"{where}: HTTP {response.status_code} with content-type {kind[:80]!r}, not DigitalOcean's"
+                " JSON: something else answered at SAGAS_DO_API_URL, and the request did not reach the"
+                " provider; check the URL (and any proxy).",
+                status_code=response.status_code,
+            )
         try:
             return model.model_validate_json(response.content)
         except ValidationError as exc:

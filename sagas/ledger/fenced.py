@@ -190,17 +190,19 @@ class FencedWrites:
         return holder
 
     def record_step_progress(
-        self, lease: Lease, idx: int, patch: Mapping[str, Any], *, writing: bool = False
+        self, lease: Lease, idx: int, patch: Mapping[str, Any], *, writing: bool | None = False
     ) -> None:
         """Merge what a step learned mid-way (an action id) into its output, before going on; with
-        ``writing``, also record that a provider write may be sent from now on (once: the first)."""
+        ``writing`` True, also record that a provider write may be sent from now on (once: the
+        first); with None, take that back (the step's first write provably never took effect)."""
         self._update_step(
             lease,
             idx,
             f"record step {idx} progress",
             _STEP_PROGRESS,
             patch=Jsonb(dict(patch)),
-            writing=writing,
+            writing=writing is True,
+            unwriting=writing is None,
         )
 
     def record_step_skipped(self, lease: Lease, idx: int, name: str, idempotency_key: str, why: str) -> None:
@@ -371,7 +373,7 @@ _STEP_STARTED = (
 )
 _STEP_PROGRESS = _step_update(
     "output = output || %(patch)s, write_started_at = CASE WHEN %(writing)s"
-    " THEN coalesce(write_started_at, now()) ELSE write_started_at END"
+    " THEN coalesce(write_started_at, now()) WHEN %(unwriting)s THEN NULL ELSE write_started_at END"
 )
 _STEP_SKIPPED = (
     f"WITH fence AS ({_fence()}),"
