@@ -19,6 +19,9 @@ path (callers must not stack another around it):
   header value) is ``ConfigurationError`` or ``ProviderError``, raised without its cause: the cause's
   text would quote the header, token included.
 
+Every request that leaves the process is counted in ``sagas.telemetry`` (by method and answer,
+with its latency, its 429s and its wait for the rate budget): in memory, no I/O on this path.
+
 It must never put the token in a message, a log record or a URL, and never send it to a host other
 than ``base_url`` (pagination links are followed by path only).
 """
@@ -57,7 +60,7 @@ from sagas.digitalocean.models import (
     SnapshotEnvelope,
     SnapshotPage,
 )
-from sagas.digitalocean.ratelimit import RequestBudget, budget_for_token
+from sagas.digitalocean.ratelimit import RequestBudget, budget_for_token, current_priority
 from sagas.digitalocean.shared_budget import BudgetStore, shared_budget_for_token
 from sagas.errors import (
     AmbiguousWriteError,
@@ -73,6 +76,13 @@ from sagas.errors import (
 )
 from sagas.retry import RetryPolicy
 from sagas.settings import Settings, TokenPurpose, check_token
+from sagas.telemetry import (
+    PROVIDER_RATE_LIMITED,
+    PROVIDER_REQUEST_DURATION,
+    PROVIDER_REQUESTS,
+    RATE_BUDGET_WAIT,
+    status_class,
+)
 
 logger = logging.getLogger("sagas.digitalocean")
 
@@ -417,10 +427,15 @@ class DigitalOceanClient:
                 if self._before_send is not None:
                     self._before_send()
                 if self._budget is not None:
+                    asked = time.monotonic()
                     self._budget.acquire()
+                    RATE_BUDGET_WAIT.observe(
+                        time.monotonic() - asked, priority=current_priority().name.lower()
+                    )
                 request = self._build(where, method, path, params, payload)
                 unsendable: str | None = None
                 response: httpx.Response | None = None
+                sent = time.monotonic()
                 try:
                     response = self._http.send(request)
                 except httpx.LocalProtocolError as exc:
@@ -451,6 +466,12 @@ class DigitalOceanClient:
                         # Answered or not (a lost response was counted all the same), the request
                         # is counted from now on: the provider counted it no later than this.
                         self._budget.observe(response.headers if response is not None else {})
+                    if unsendable is None:  # it left this process: count it, answered or not
+                        PROVIDER_REQUEST_DURATION.observe(time.monotonic() - sent, method=method)
+                        PROVIDER_REQUESTS.inc(
+                            method=method,
+                            status_class=status_class(response.status_code if response is not None else None),
+                        )
                 if unsendable is not None:
                     # Raised outside the handler, so the cause is neither printed nor kept as context.
                     raise self._unsendable(where, unsendable)
@@ -463,6 +484,7 @@ class DigitalOceanClient:
                     return self._parse(where, response, model)
 
                 if status == 429:
+                    PROVIDER_RATE_LIMITED.inc(method=method)
                     wait = _rate_limit_wait(response.headers)
                     if wait is None:
                         wait = policy.backoff(1)
