@@ -7,14 +7,19 @@ callables, so the core never imports Prefect: tokens from Prefect Secret blocks 
 named in settings) and the launcher that starts a saga's flow run on its kind's deployment. Both
 import Prefect only when they are called.
 
-Nothing happens at import time; ``build_app()`` reads the settings and connects to the ledger.
+Every process also hands its metric counts (``sagas.telemetry``: provider requests, 429s, waits,
+step timings) to the ledger, every few seconds and when it exits, so ``sagas metrics`` sees what
+short-lived flow runs on any machine counted.
+
+Nothing happens at import time; ``build_app()`` reads the settings, connects to the ledger and
+starts the process's one metrics flusher.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -23,6 +28,7 @@ from sagas.digitalocean.shared_budget import BudgetStore
 from sagas.errors import ConfigurationError
 from sagas.invocation import Invoke, invoke_directly
 from sagas.ledger.database import engine_for
+from sagas.ledger.metrics import MetricsStore
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun
 from sagas.ratebudget_pg import PostgresBudgetStore
@@ -30,7 +36,11 @@ from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings, TokenPurpose, check_token, load_settings
 from sagas.steps import Catalog
+from sagas.telemetry import flush_in_background
 from tasks.registry import catalog as registry_catalog
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 TokenSource = Callable[[TokenPurpose], SecretStr | None]
 
@@ -50,6 +60,8 @@ class App:
     launch: Launcher | None = None
     # The DigitalOcean rate budget every process shares (the ledger's Postgres); None: per process.
     budget_store: BudgetStore | None = None
+    # Where metric counts add up and what the saga rows say, for ``sagas metrics``.
+    metrics_store: MetricsStore | None = None
 
     def services(self) -> Services:
         """Fresh services (provider clients are made lazily and closed with them)."""
@@ -63,11 +75,21 @@ class App:
             self.ledger, self.catalog, launch=self.launch, caps=self.settings.destructive_caps
         )
 
+    def metrics_registry(self) -> CollectorRegistry:
+        """A Prometheus registry that reads the ledger at each collection (see ``sagas.metrics``)."""
+        from sagas.metrics import registry_for  # prometheus_client: only for the commands that use it
+
+        if self.metrics_store is None:
+            raise ConfigurationError("this App was built without a metrics store")
+        return registry_for(self.metrics_store, kinds=self.catalog.kind_names, steps=self.catalog.step_names)
+
 
 def build_app(settings: Settings | None = None) -> App:
     """The process's parts from the environment (or the given settings)."""
     settings = settings or load_settings()
     engine = engine_for(settings)
+    metrics_store = MetricsStore(engine)
+    flush_in_background(metrics_store.add_counts)
     return App(
         settings=settings,
         ledger=Ledger(engine),
@@ -75,6 +97,7 @@ def build_app(settings: Settings | None = None) -> App:
         token_source=lambda purpose: secret_block_token(settings, purpose),
         launch=launch_on_deployment,
         budget_store=PostgresBudgetStore(engine),
+        metrics_store=metrics_store,
     )
 
 

@@ -23,6 +23,7 @@ from sagas.invocation import NOT_RETRIED, Invoke, Phase, describe
 from sagas.models import SagaRun, SagaStatus, StepResult, StepStatus
 from sagas.retry import RetryPolicy
 from sagas.steps import Catalog, StepDefinition
+from sagas.telemetry import COMPENSATION_FAILURES
 
 _log = logging.getLogger("sagas.runner")
 
@@ -90,6 +91,7 @@ def _compensate(hold: SagaHold, catalog: Catalog, invoke: Invoke[Any], saga: Sag
             last_error = describe(exc)
             _log.error("compensation of %s (saga %s) gave up: %s", row.step_name, saga.id, last_error)
             ledger.record_step_compensation_failed(lease, idx, last_error)
+            COMPENSATION_FAILURES.inc(step=row.step_name)
             earlier = f"{saga.error}; then " if saga.error else ""
             ledger.set_saga_status(
                 lease,

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sagas.compensation import compensate
 from sagas.digitalocean.ratelimit import Priority, request_priority
@@ -60,11 +60,27 @@ from sagas.models import (
 from sagas.retry import RetryPolicy
 from sagas.services import Services
 from sagas.steps import Catalog, StepContext, StepDefinition
+from sagas.telemetry import (
+    FORWARD_RETRIES,
+    LEASE_LOSSES,
+    PROVIDER_WAIT,
+    SAGAS_SETTLED,
+    STEP_DURATION,
+)
+from sagas.timeline import provider_waits
 
 _log = logging.getLogger("sagas.runner")
 T = TypeVar("T")
 
 LOOKUP_TIMEOUT_SECONDS = 300.0  # how long asking the provider about a step in doubt may take
+
+
+class Ran(NamedTuple):
+    """A step try that returned: its context, its output, and how long its execute took."""
+
+    ctx: StepContext
+    output: Mapping[str, Any]
+    seconds: float
 
 
 class Mode(StrEnum):
@@ -115,6 +131,7 @@ class Runner:
                 self._advance(SagaHold(self.ledger, self.services, lease, heartbeat), saga, mode, reason)
         except LeaseLostError:
             _log.error("lost the lease on saga %s; stopped without writing more", saga_id)
+            LEASE_LOSSES.inc(kind=saga.kind)
             raise
         except BaseException:
             self._release_quietly(lease)
@@ -122,7 +139,13 @@ class Runner:
         finally:
             self.services.halt_on(None)
         released = self.ledger.release(lease)
-        return released if released is not None else self.ledger.get_saga(saga_id)
+        if released is None:
+            return self.ledger.get_saga(saga_id)
+        if released.status is not saga.status and (
+            released.status.is_terminal or released.status.needs_operator
+        ):
+            SAGAS_SETTLED.inc(kind=released.kind, status=released.status.value)
+        return released
 
     def _release_quietly(self, lease: Lease) -> None:
         """On the way out of an error: free the saga for recovery now rather than at lease expiry."""
@@ -293,7 +316,7 @@ class Runner:
             prestarted = None
             if isinstance(ran, SagaStatus):
                 return ran  # rolling back, or failed for an operator
-            ctx, output = ran
+            ctx, output, took = ran
             hold.check_lease(f"during {name}")
             result = {**ctx.notes, **output}
             outputs[name] = {**ctx.recorded, **result}
@@ -311,6 +334,10 @@ class Runner:
                 finish_unless_cancelled=not past_pivot,  # ...unless a cancel came while it ran
             )
             cancel_requested, prestarted = completion.cancel_requested, completion.next_started
+            # Counted once the ledger says so, so the numbers agree with it.
+            STEP_DURATION.observe(took, step=name, outcome="completed")
+            for waited in provider_waits(result):
+                PROVIDER_WAIT.observe(waited, step=name)
             if last and cancel_requested and not past_pivot:
                 return self._begin_rollback(lease, f"cancelled during step {name}")
             finished = last
@@ -329,14 +356,14 @@ class Runner:
         *,
         after_pivot: bool,
         prestarted: StepResult | None,
-    ) -> tuple[StepContext, Mapping[str, Any]] | SagaStatus:
+    ) -> Ran | SagaStatus:
         """Run one step: once before the pivot (a failure rolls back, a pivot's is settled), or
         retried forward after it. Returns its context and output, or the saga's new status."""
         pivot = self._is_pivot(saga, step.name)
         lease = hold.lease
         tries: list[tuple[StepResult, StepContext]] = []
 
-        def attempt() -> tuple[StepContext, Mapping[str, Any]]:
+        def attempt() -> Ran:
             started = (
                 prestarted
                 if not tries and prestarted is not None
@@ -354,20 +381,26 @@ class Runner:
                 timeout=hold.timeout(saga, step),
             )
             tries.append((started, ctx))
+            began = self.services.monotonic()
             try:
                 output = self._invoke(step, Phase.EXECUTE, step.execute, ctx)
             except (LeaseLostError, LedgerError):
                 raise
             except Exception as exc:
+                took = self.services.monotonic() - began
                 error = describe(exc)
                 _log.warning("step %s of saga %s failed (try %d): %s", step.name, saga.id, len(tries), error)
                 self.ledger.record_step_failed(lease, idx, error)
+                STEP_DURATION.observe(took, step=step.name, outcome="failed")
                 raise
-            return ctx, output or {}
+            return Ran(ctx, output or {}, self.services.monotonic() - began)
+
+        def retrying(exc: BaseException, failures: int, delay: float) -> None:
+            FORWARD_RETRIES.inc(step=step.name)
 
         if after_pivot:
             try:
-                return self._forward_policy(hold).run(attempt)
+                return self._forward_policy(hold).run(attempt, on_retry=retrying)
             except (LeaseLostError, LedgerError):
                 raise
             except Exception as exc:
@@ -409,7 +442,7 @@ class Runner:
         row: StepResult,
         ctx: StepContext,
         exc: Exception,
-    ) -> tuple[StepContext, Mapping[str, Any]] | SagaStatus:
+    ) -> Ran | SagaStatus:
         """A pivot failed, timed out or was refused: the one place that decides what follows."""
         lease = hold.lease
         why = describe(exc)

@@ -8,9 +8,11 @@ from ledger rows only, so it can be drawn for any saga, finished or not.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
+from typing import Any
 
 from sagas.models import SagaRun, StepResult, StepStatus
 
@@ -67,12 +69,33 @@ def segments(steps: list[StepResult], now: datetime) -> list[Segment]:
 
 
 def _waits(step: StepResult) -> list[tuple[datetime, datetime]]:
+    return provider_action_times(step.output)
+
+
+def provider_action_times(output: Mapping[str, Any]) -> list[tuple[datetime, datetime]]:
+    """The provider's own start and end of each action a step waited on, from its output: a step
+    notes them as ``<slot>_started_at`` / ``<slot>_completed_at`` (``tasks/actions.py``). A pair
+    that does not parse as ISO times is left out."""
     waits = []
-    for key, value in step.output.items():
+    for key, value in output.items():
         if key.endswith("_started_at") and isinstance(value, str):
-            done = step.output.get(key.replace("_started_at", "_completed_at"))
+            done = output.get(key.removesuffix("_started_at") + "_completed_at")
             if isinstance(done, str):
-                waits.append((datetime.fromisoformat(value), datetime.fromisoformat(done)))
+                try:
+                    waits.append((datetime.fromisoformat(value), datetime.fromisoformat(done)))
+                except ValueError:
+                    continue
+    return waits
+
+
+def provider_waits(output: Mapping[str, Any]) -> list[float]:
+    """Seconds the provider took over each action the step noted (see ``provider_action_times``)."""
+    waits = []
+    for start, end in provider_action_times(output):
+        try:
+            waits.append(max(0.0, (end - start).total_seconds()))
+        except TypeError:  # one with a time zone, one without: not a pair we can measure
+            continue
     return waits
 
 

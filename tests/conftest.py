@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sagas.ledger.database import dispose_engines, engine_for, normalise_url
 from sagas.ledger.store import Ledger
 from sagas.settings import Settings, load_settings
+from sagas.telemetry import stop_flushing
 
 # Tests of a saga's mechanics run every kind straight through: offboard and rollback would otherwise
 # stop for a person's approval (tests/test_approval.py tests that gate).
@@ -55,6 +56,7 @@ def database_url() -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = _with_database(server, name)
     yield url
+    stop_flushing()  # this process's last metric counts go to the database before it is dropped
     dispose_engines()
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -2,18 +2,19 @@
 
 The commands live by audience: ``run`` (run, resume, cancel), ``inspect`` (list, show, plan),
 ``operate`` (approve, reject, retry-compensation, resolve, orphans), ``work`` (worker: run a
-queue's sagas), ``tools`` (simulator, db upgrade, demo).
+queue's sagas), ``metrics`` (print once, serve for Prometheus), ``tools`` (simulator, db upgrade,
+demo).
 
 Exit codes scripts can rely on:
   0  done: ``run``/``resume``: the saga completed; ``cancel``: the request was recorded (or the
      saga rolled back); ``retry-compensation``: the saga is now rolled_back; ``resolve``: the saga
      is now resolved; ``orphans``: none found, or every one found was deleted; ``plan``, ``list``,
-     ``show``: printed
+     ``show``, ``metrics``: printed (``metrics serve``: stopped by Ctrl-C or SIGTERM)
   1  not done: the saga ended without completing (rolled_back, compensation_failed, failed,
      resolved); ``retry-compensation``: an undo failed again; ``orphans``: orphans remain (listed
      without ``--delete``, deletion declined, or a deletion failed)
   2  bad input, nothing was written: a malformed id, an id start several sagas share (listed),
-     bad JSON or inputs, an empty ``--note``, or
+     bad JSON or inputs, an empty ``--note``, a ``metrics serve`` address it cannot listen on, or
      a command that does not apply to the saga's status (``retry-compensation`` on anything but
      compensation_failed; ``resolve`` on a completed, rolled_back or resolved saga)
   3  busy: another runner holds the saga, another saga holds the droplet, or too many destructive
@@ -40,12 +41,14 @@ import typer
 
 from app.cli import inspect, operate, run, terminal, tools, work
 from app.cli.common import out
+from app.cli.metrics import metrics
 
 cli = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Saga orchestration for cloud provisioning."
 )
 db = typer.Typer(no_args_is_help=True, help="The ledger database.")
 cli.add_typer(db, name="db")
+cli.add_typer(metrics, name="metrics")
 
 cli.command()(run.run)
 cli.command()(run.resume)

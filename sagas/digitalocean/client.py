@@ -22,6 +22,9 @@ path (callers must not stack another around it):
 Every response's ``Date`` header feeds the provider's clock (``provider_clock``, read through
 ``provider_time()``), which steps compare with the provider's own timestamps.
 
+Every request that leaves the process is counted in ``sagas.telemetry`` (by method and answer,
+with its latency, its 429s and its wait for the rate budget): in memory, no I/O on this path.
+
 It must never put the token in a message, a log record or a URL, and never send it to a host other
 than ``base_url`` (pagination links are followed by path only).
 """
@@ -62,7 +65,7 @@ from sagas.digitalocean.models import (
     SnapshotPage,
 )
 from sagas.digitalocean.provider_clock import ProviderClock, provider_clock_for
-from sagas.digitalocean.ratelimit import RequestBudget, budget_for_token
+from sagas.digitalocean.ratelimit import RequestBudget, budget_for_token, current_priority
 from sagas.digitalocean.shared_budget import BudgetStore, shared_budget_for_token
 from sagas.errors import (
     AmbiguousWriteError,
@@ -79,6 +82,13 @@ from sagas.errors import (
 )
 from sagas.retry import RetryPolicy
 from sagas.settings import Settings, TokenPurpose, check_token
+from sagas.telemetry import (
+    PROVIDER_RATE_LIMITED,
+    PROVIDER_REQUEST_DURATION,
+    PROVIDER_REQUESTS,
+    RATE_BUDGET_WAIT,
+    status_class,
+)
 
 logger = logging.getLogger("sagas.digitalocean")
 
@@ -432,10 +442,15 @@ class DigitalOceanClient:
                 if self._before_send is not None:
                     self._before_send()
                 if self._budget is not None:
+                    asked = time.monotonic()
                     self._budget.acquire()
+                    RATE_BUDGET_WAIT.observe(
+                        time.monotonic() - asked, priority=current_priority().name.lower()
+                    )
                 request = self._build(where, method, path, params, payload)
                 unsendable: str | None = None
                 response: httpx.Response | None = None
+                sent = time.monotonic()
                 try:
                     response = self._http.send(request)
                 except httpx.LocalProtocolError as exc:
@@ -468,6 +483,12 @@ class DigitalOceanClient:
                         # Answered or not (a lost response was counted all the same), the request
                         # is counted from now on: the provider counted it no later than this.
                         self._budget.observe(response.headers if response is not None else {})
+                    if unsendable is None:  # it left this process: count it, answered or not
+                        PROVIDER_REQUEST_DURATION.observe(time.monotonic() - sent, method=method)
+                        PROVIDER_REQUESTS.inc(
+                            method=method,
+                            status_class=status_class(response.status_code if response is not None else None),
+                        )
                 if unsendable is not None:
                     # Raised outside the handler, so the cause is neither printed nor kept as context.
                     raise self._unsendable(where, unsendable)
@@ -480,6 +501,7 @@ class DigitalOceanClient:
                     return self._parse(where, response, model)
 
                 if status == 429:
+                    PROVIDER_RATE_LIMITED.inc(method=method)
                     wait = _rate_limit_wait(response.headers)
                     if wait is None:
                         wait = policy.backoff(1)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -269,4 +270,16 @@ rate_budget_waiters = Table(
     Column("priority", SmallInteger, primary_key=True),
     Column("until", DateTime(timezone=True), nullable=False),
     CheckConstraint("priority BETWEEN 0 AND 2", name="rate_budget_waiters_priority_check"),
+)
+
+# Running totals of the metric counts every process sends (migration 0012; ``sagas/telemetry.py``
+# counts, ``sagas/ledger/metrics.py`` adds and reads). Keyed by series: name and labels.
+metric_counters = Table(
+    "metric_counters",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("labels", JSONB, primary_key=True, server_default=text("'{}'::jsonb")),
+    Column("value", Double, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint("jsonb_typeof(labels) = 'object'", name="metric_counters_labels_check"),
 )

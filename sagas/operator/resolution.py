@@ -17,6 +17,7 @@ from sagas.errors import InputError
 from sagas.ledger.store import Ledger
 from sagas.models import SagaRun, SagaStatus
 from sagas.runner import Mode, Runner
+from sagas.telemetry import SAGAS_SETTLED
 
 
 def _way_out(saga: SagaRun) -> str:
@@ -78,4 +79,5 @@ def resolve_saga(ledger: Ledger, saga_id: uuid.UUID, *, by: str, note: str, leas
         ledger.resolve_saga(lease, by=by, note=note)  # re-checks the status under the lease
     finally:
         ledger.release(lease)
+    SAGAS_SETTLED.inc(kind=saga.kind, status=SagaStatus.RESOLVED.value)
     return ledger.get_saga(saga.id)
