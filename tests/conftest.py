@@ -7,6 +7,7 @@ gets its own database; each test starts from empty tables (TRUNCATE, a few ms).
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -45,6 +46,15 @@ def _server_url() -> str:
     from sagas.ledger.embedded import embedded_server_url
 
     return embedded_server_url(Path(tempfile.mkdtemp(prefix="sagas-test-pg-")) / "pgdata")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_what_the_module_left() -> Iterator[None]:
+    """Collect garbage as each module ends, so that anything it left open (a connection, a file)
+    is reported against that module's last test, not against whichever test the collector happens
+    to run in later (warnings are errors here)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

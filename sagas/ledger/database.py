@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import select
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -91,11 +91,15 @@ def _drop_if_server_hung_up(dbapi_connection: Any, record: Any, proxy: Any) -> N
         raise DisconnectionError("the database server closed this connection")
 
 
-def dispose_engines() -> None:
+def dispose_engines(urls: Iterable[str] | None = None) -> None:
+    """Close the pooled connections of the engines for ``urls`` (every engine when None) and forget
+    them. Only for engines nothing will use again: one used after this opens a pool of its own that
+    no one closes."""
     with _engines_lock:
-        for engine in _engines.values():
-            engine.dispose()
-        _engines.clear()
+        for url in list(_engines) if urls is None else [normalise_url(u) for u in urls]:
+            engine = _engines.pop(url, None)
+            if engine is not None:
+                engine.dispose()
 
 
 def upgrade_schema(engine: Engine, revision: str = "head") -> str | None:

@@ -35,10 +35,11 @@ def scratch_databases(count: int) -> Iterator[list[str]]:
         for name in names:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
             conn.execute(f'CREATE DATABASE "{name}"')
+    urls = [_with_database(server, name) for name in names]
     try:
-        yield [_with_database(server, name) for name in names]
+        yield urls
     finally:
-        dispose_engines()
+        dispose_engines(urls)  # these only: the test session's own engine stays in use
         with psycopg.connect(server, autocommit=True) as conn:
             for name in names:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
