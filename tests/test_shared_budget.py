@@ -39,6 +39,23 @@ LIMIT = 60
 SCALE = 0.02
 WINDOW = (60 + GUARD_SECONDS) * SCALE  # the client's minute, guard included: 1.22 s
 HOLD = WINDOW / 60
+SLOWER_SCALE = 0.05
+SLOWER_WINDOW = (60 + GUARD_SECONDS) * SLOWER_SCALE  # 3.05 s
+
+
+def _fresh_token_env(
+    env: dict[str, str], sim: httpx.Client, monkeypatch: pytest.MonkeyPatch, scale: float
+) -> dict[str, str]:
+    sim.post("/_sim/config", json={"rate_limit_per_minute": LIMIT, "time_scale": scale}).raise_for_status()
+    values = {
+        **env,
+        "SAGAS_DO_TOKEN": "dop_v1_budget" + uuid.uuid4().hex,
+        "SAGAS_DO_RATE_LIMIT_PER_MINUTE": str(LIMIT),
+        "SAGAS_DO_RATE_WINDOW_SCALE": str(scale),
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
 
 
 @pytest.fixture
@@ -46,16 +63,17 @@ def budget_env(
     env: dict[str, str], sim: httpx.Client, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:
     """A fresh token, 60 requests a minute on both sides, time 50x fast."""
-    sim.post("/_sim/config", json={"rate_limit_per_minute": LIMIT, "time_scale": SCALE}).raise_for_status()
-    values = {
-        **env,
-        "SAGAS_DO_TOKEN": "dop_v1_budget" + uuid.uuid4().hex,
-        "SAGAS_DO_RATE_LIMIT_PER_MINUTE": str(LIMIT),
-        "SAGAS_DO_RATE_WINDOW_SCALE": str(SCALE),
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return values
+    return _fresh_token_env(env, sim, monkeypatch, SCALE)
+
+
+@pytest.fixture
+def slower_budget_env(
+    env: dict[str, str], sim: httpx.Client, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The same with time 20x fast: a test of who is registered as waiting, when, needs its
+    processes to renew their places on time, which a 2-CPU machine running two worker processes,
+    Postgres and the simulator does not always manage within 1/10 of a 1.2 s minute."""
+    return _fresh_token_env(env, sim, monkeypatch, SLOWER_SCALE)
 
 
 @pytest.fixture
@@ -182,7 +200,7 @@ def test_processes_with_a_budget_each_meet_the_providers_429s(
 
 @pytest.mark.slow
 def test_a_killed_process_holds_nothing_once_its_leases_lapse(
-    budget_env: dict[str, str],
+    slower_budget_env: dict[str, str],
     sim: httpx.Client,
     workers: list[Worker],
     store: PostgresBudgetStore,
@@ -190,15 +208,17 @@ def test_a_killed_process_holds_nothing_once_its_leases_lapse(
     """A compensating process saturates the budget and a scheduled one gives way to it; kill -9
     the first: its slots and its place in the queue lapse, and the other gets the whole budget."""
     droplet = seed_droplet(sim)
-    key = key_of(budget_env)
-    seconds = 8.0
-    urgent = launch(workers, budget_env, droplet, "--seconds", str(seconds), "--priority", "compensation")
-    fleet = launch(workers, budget_env, droplet, "--seconds", str(seconds), "--priority", "scheduled")
+    key = key_of(slower_budget_env)
+    window, hold = SLOWER_WINDOW, SLOWER_WINDOW / 60
+    seconds = 5.3 * window
+    run_for = ("--seconds", str(seconds))
+    urgent = launch(workers, slower_budget_env, droplet, *run_for, "--priority", "compensation")
+    fleet = launch(workers, slower_budget_env, droplet, *run_for, "--priority", "scheduled")
     start = time.time() + 0.3
     go(urgent, start)
     go(fleet, start)
     seen_waiting = False
-    while time.time() < start + 2.5:
+    while time.time() < start + 2 * window:
         seen_waiting = seen_waiting or any(urgent.holds(w.holder) for w in store.waiters(key))
         time.sleep(0.05)
     assert seen_waiting
@@ -211,7 +231,7 @@ def test_a_killed_process_holds_nothing_once_its_leases_lapse(
 
     # hold + window + guard later, nothing of the dead process counts against the minute, and
     # its place in the queue has lapsed.
-    time.sleep(max(0.0, killed_at + HOLD + WINDOW + 0.1 - time.time()))
+    time.sleep(max(0.0, killed_at + hold + window + 0.1 - time.time()))
     now = time.time()
     held = [r for r in store.reservations(key) if urgent.holds(r.holder)]
     assert [r for r in held if r.minute_until.timestamp() > now] == []
@@ -220,13 +240,13 @@ def test_a_killed_process_holds_nothing_once_its_leases_lapse(
     done = fleet.result()["done"]
     assert counters(sim)["rate_limited_429"] == 0
     # While the compensating process lived, the fleet gave way to it (beyond the first burst) ...
-    assert served_between(done, start + WINDOW, killed_at) <= 0.1 * LIMIT
+    assert served_between(done, start + window, killed_at) <= 0.1 * LIMIT
     # ... and after it died the fleet had the budget to itself, up to the fleet's ceiling. A
     # saturated window refills in bursts, so only whole windows are counted.
-    after = killed_at + HOLD + WINDOW
+    after = killed_at + hold + window
     end = start + seconds
     fleet_ceiling, _ = ceilings(LIMIT, 5000, Priority.SCHEDULED)
-    assert served_between(done, after, end) >= 0.9 * fleet_ceiling * ((end - after) // WINDOW)
+    assert served_between(done, after, end) >= 0.9 * fleet_ceiling * ((end - after) // window)
 
 
 @pytest.mark.slow
