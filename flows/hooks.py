@@ -55,6 +55,11 @@ def _say(flow_run: Any, message: str, *, warning: bool = False) -> None:
     (logger.warning if warning else logger.info)(message)
 
 
+def _say_held_elsewhere(flow_run: Any, saga_id: uuid.UUID) -> None:
+    """Another runner holds the saga: the recovery sweep finishes it, and the run's logs say so."""
+    _say(flow_run, f"saga {saga_id} is held by another runner: the recovery sweep finishes it", warning=True)
+
+
 def _settle_in_this_run(flow_run: Any, reason: str) -> None:
     from flows.body import drive_from_elsewhere
 
@@ -64,11 +69,7 @@ def _settle_in_this_run(flow_run: Any, reason: str) -> None:
         return
     final = drive_from_elsewhere(saga.id, reason=reason, cancel=False, lease_wait=_lease_wait())
     if final is None:
-        _say(
-            flow_run,
-            f"saga {saga.id} is held by another runner: the recovery sweep finishes it",
-            warning=True,
-        )
+        _say_held_elsewhere(flow_run, saga.id)
         return
     _say(flow_run, outcome_line(final, build_app().ledger.list_step_results(final.id)))
 
@@ -110,11 +111,7 @@ def on_cancellation_settle(flow: Any, flow_run: Any, state: Any) -> None:
         return
     final = drive_from_elsewhere(saga.id, reason="flow run cancelled", cancel=True, lease_wait=_lease_wait())
     if final is None:
-        _say(
-            flow_run,
-            f"saga {saga.id} is held by another runner: the recovery sweep finishes it",
-            warning=True,
-        )
+        _say_held_elsewhere(flow_run, saga.id)
         return
     _say(flow_run, outcome_line(final, app.ledger.list_step_results(final.id)))
 

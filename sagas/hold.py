@@ -2,7 +2,8 @@
 
 Everything a step does goes through the hold: its ``StepContext`` (checkpoints and the write marker
 written fenced by this lease, the cancel and lease checks at every safe point, the step's deadline)
-and the waits between retries, which stop at once when the lease is lost.
+and the waits between retries, which stop at once when the lease is lost; and the two ways a run
+stops short, written under the lease: begin the rollback, or stop ``failed`` past the pivot.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from sagas.errors import LeaseLostError, LedgerUnavailableError
 from sagas.heartbeat import Heartbeat
 from sagas.ledger.store import Ledger
-from sagas.models import Lease, SagaRun, StepResult
+from sagas.models import Lease, SagaRun, SagaStatus, StepResult
 from sagas.services import Services
 from sagas.steps import CANCEL_CHECK_SECONDS, KeyScope, StepContext, StepDefinition
 
@@ -43,6 +44,20 @@ class SagaHold:
         if own is not None:
             return float(own)
         return float(self.services.settings.step_timeouts.get(step.name, step.timeout_seconds))
+
+    def begin_rollback(self, error: str) -> SagaStatus:
+        """The saga must roll back: say why, and let compensation take over."""
+        self.ledger.set_saga_status(self.lease, SagaStatus.COMPENSATING, error=error)
+        return SagaStatus.COMPENSATING
+
+    def fail_forward(self, name: str, error: str) -> SagaStatus:
+        """Past the pivot and still failing: stop in ``failed`` for an operator (`sagas resume`)."""
+        self.ledger.set_saga_status(
+            self.lease,
+            SagaStatus.FAILED,
+            error=f"step {name} failed after the point of no return: {error}"[:4000],
+        )
+        return SagaStatus.FAILED
 
     def pause(self, seconds: float) -> None:
         """A retry's wait, stopped at once (LeaseLostError) when the lease is lost."""

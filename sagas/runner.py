@@ -8,7 +8,8 @@ therefore safe: the second caller either finds the saga busy (the lease) or find
 
 The point of no return is a pivot's *write*, not its completion: once a pivot's row says a write
 may have been sent, nothing before it is compensated, a cancel only takes effect after it, and a
-pivot in doubt is settled by ``sagas.in_doubt.settle_pivot`` (looked up at the provider). Retries:
+pivot in doubt is settled by ``sagas.point_of_no_return`` (looked up at the provider). A saga that
+asks a person stops at ``sagas.approval_gate``; the rollback is ``sagas.compensation``. Retries:
 one ``RetryPolicy`` per loop (the forward loop after a pivot, the compensation loop), bounded by
 attempts and time, never retrying what the provider client already retried.
 
@@ -16,6 +17,11 @@ What this module must never do: run a step that is not in the catalog, write aft
 lost (every ledger write is fenced), hold a database transaction across a step, or start a
 rollback because its own infrastructure (the ledger) failed: that stops the runner and leaves the
 saga as it is, for a resume.
+
+Why one file over 400 lines: the forward loop and its one step's try share one set of local facts
+(past the pivot, the step prestarted with the previous one's completion, the cancel read by the last
+write); the decisions it consults (the gate, the pivot's verdict, the rollback) live in their own
+modules already.
 """
 
 from __future__ import annotations
@@ -23,17 +29,16 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
+from sagas.approval_gate import after_the_wait, at_the_gate, gate_index
 from sagas.compensation import compensate
 from sagas.digitalocean.ratelimit import Priority, request_priority
 from sagas.errors import (
     DefinitionMismatchError,
     DestructiveCapError,
     IdempotencyConflictError,
-    InputError,
     LeaseLostError,
     LedgerError,
     SagaCancelledError,
@@ -44,19 +49,19 @@ from sagas.errors import (
 )
 from sagas.heartbeat import Heartbeat
 from sagas.hold import SagaHold
-from sagas.in_doubt import Found, Lookup, Verdict, proved_not_happened, settle_pivot
+from sagas.in_doubt import Found, Lookup, Verdict
 from sagas.invocation import NOT_RETRIED, Invoke, Phase, describe, invoke_directly
 from sagas.ledger.store import Ledger
 from sagas.models import (
     ApprovalDecision,
     Lease,
     NextStep,
-    Reversibility,
     SagaRun,
     SagaStatus,
     StepResult,
     StepStatus,
 )
+from sagas.point_of_no_return import is_pivot, pivot_began, pivot_started, settle_failed_pivot
 from sagas.retry import RetryPolicy
 from sagas.services import Services
 from sagas.steps import Catalog, StepContext, StepDefinition
@@ -71,8 +76,6 @@ from sagas.timeline import provider_waits
 
 _log = logging.getLogger("sagas.runner")
 T = TypeVar("T")
-
-LOOKUP_TIMEOUT_SECONDS = 300.0  # how long asking the provider about a step in doubt may take
 
 
 class Ran(NamedTuple):
@@ -168,21 +171,19 @@ class Runner:
             if status.is_terminal:
                 return
             if status is SagaStatus.AWAITING_APPROVAL and mode is not Mode.ROLLBACK:
-                saga = self._after_the_wait(saga)
+                saga = after_the_wait(self.ledger, saga)
                 if saga.approval_decision is None and not saga.cancel_requested:
                     return  # still waiting for a person: nothing to do
                 status = SagaStatus.RUNNING  # decided (or cancelled): the forward loop acts on it
             if status in (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.AWAITING_APPROVAL):
-                if mode is Mode.ROLLBACK and self._pivot_started(saga):
+                if mode is Mode.ROLLBACK and pivot_started(self.ledger, self.catalog, saga):
                     # No way back once a pivot may have written: a hook or a cancel only lets it
                     # finish forward (the saga keeps its cancel request, so it says so).
                     _log.warning("saga %s is past its point of no return: finishing it forward", saga.id)
                     self._run_forward(hold, saga)
                     return
                 if mode is Mode.ROLLBACK:
-                    self.ledger.set_saga_status(
-                        lease, SagaStatus.COMPENSATING, error=reason or "rolled back on request"
-                    )
+                    hold.begin_rollback(reason or "rolled back on request")
                 else:
                     saga = self._take_a_place(hold, saga)
                     status = self._run_forward(hold, saga)
@@ -244,23 +245,6 @@ class Runner:
             )
         return admitted
 
-    # -- the point of no return -------------------------------------------------------------
-
-    def _is_pivot(self, saga: SagaRun, name: str) -> bool:
-        return self.catalog.step(name).reversibility_for(saga.inputs) is Reversibility.PIVOT
-
-    @staticmethod
-    def _pivot_began(row: StepResult) -> bool:
-        """A pivot's row says its write may have been sent, and no lookup proved it did not happen."""
-        return row.write_started_at is not None and not proved_not_happened(row.output.get("in_doubt"))
-
-    def _pivot_started(self, saga: SagaRun) -> bool:
-        return any(
-            self._is_pivot(saga, row.step_name)
-            and (row.status is StepStatus.COMPLETED or self._pivot_began(row))
-            for row in self.ledger.list_step_results(saga.id)
-        )
-
     # -- forward -----------------------------------------------------------------------------
 
     def _run_forward(self, hold: SagaHold, saga: SagaRun) -> SagaStatus:
@@ -274,26 +258,26 @@ class Runner:
             else {r.step_idx: r for r in self.ledger.list_step_results(saga.id)}
         )
         outputs: dict[str, Mapping[str, Any]] = {}
-        gate = self._gate_index(saga)  # the step a person approves first, or -1
+        gate = gate_index(self.catalog, saga)  # the step a person approves first, or -1
         past_pivot = False  # once a pivot may have written there is no way back: failures retry forward
         prestarted: StepResult | None = None  # recorded started with the previous step's completion
         finished = False
         for idx, name in enumerate(saga.step_names):
             step = self.catalog.step(name)
-            pivot = self._is_pivot(saga, name)
+            pivot = is_pivot(self.catalog, saga, name)
             row = rows.get(idx)
             if row is not None and row.status in (StepStatus.COMPLETED, StepStatus.SKIPPED):
                 outputs[name] = row.output  # resume, never redo
                 past_pivot |= pivot and row.status is StepStatus.COMPLETED
                 continue
-            began = pivot and row is not None and self._pivot_began(row)
+            began = pivot and row is not None and pivot_began(row)
             if row is not None and row.status is StepStatus.FAILED and not (past_pivot or began):
                 # Died between recording the failure and starting the rollback: roll back now.
-                return self._begin_rollback(lease, row.error or f"step {name} failed")
+                return hold.begin_rollback(row.error or f"step {name} failed")
             if not (past_pivot or began) and cancel_requested:
-                return self._begin_rollback(lease, f"cancelled before step {name}")
+                return hold.begin_rollback(f"cancelled before step {name}")
             if idx == gate and not (past_pivot or began):
-                waiting = self._approval_gate(hold, saga)
+                waiting = at_the_gate(hold, saga, before=name)
                 if waiting is not None:
                     return waiting
             key = step.idempotency_key(hold.key_scope(saga))
@@ -339,7 +323,7 @@ class Runner:
             for waited in provider_waits(result):
                 PROVIDER_WAIT.observe(waited, step=name)
             if last and cancel_requested and not past_pivot:
-                return self._begin_rollback(lease, f"cancelled during step {name}")
+                return hold.begin_rollback(f"cancelled during step {name}")
             finished = last
         if not finished:  # every step was already recorded (a resume), or the last one was skipped
             self.ledger.set_saga_status(lease, SagaStatus.COMPLETED)
@@ -359,7 +343,7 @@ class Runner:
     ) -> Ran | SagaStatus:
         """Run one step: once before the pivot (a failure rolls back, a pivot's is settled), or
         retried forward after it. Returns its context and output, or the saga's new status."""
-        pivot = self._is_pivot(saga, step.name)
+        pivot = is_pivot(self.catalog, saga, step.name)
         lease = hold.lease
         tries: list[tuple[StepResult, StepContext]] = []
 
@@ -404,17 +388,24 @@ class Runner:
             except (LeaseLostError, LedgerError):
                 raise
             except Exception as exc:
-                return self._fail_forward(lease, step.name, describe(exc))
+                return hold.fail_forward(step.name, describe(exc))
         try:
             return attempt()
         except (LeaseLostError, LedgerError):
             raise
         except IdempotencyConflictError as exc:
-            return self._begin_rollback(lease, describe(exc))
+            return hold.begin_rollback(describe(exc))
         except Exception as exc:
             if pivot and tries:
                 row, ctx = tries[-1]
-                return self._settle_pivot(hold, saga, idx, step, key, outputs, row, ctx, exc)
+                settled = settle_failed_pivot(hold, saga, idx, step, outputs, row, ctx, exc)
+                if settled.verdict is Verdict.FORWARD:
+                    return self._execute_step(
+                        hold, saga, idx, step, key, outputs, after_pivot=True, prestarted=None
+                    )
+                if settled.verdict is Verdict.ROLL_BACK:
+                    return hold.begin_rollback(settled.why)
+                return hold.fail_forward(step.name, settled.why)
             error = describe(exc)
             if isinstance(exc, StepTimeoutError):
                 # In doubt: its undo (which finds the resource by its key first) settles it.
@@ -429,74 +420,7 @@ class Runner:
                 )
             if not isinstance(exc, StepFailedError | SagaCancelledError):
                 error = f"step {step.name} failed: {error}"
-            return self._begin_rollback(lease, error)
-
-    def _settle_pivot(
-        self,
-        hold: SagaHold,
-        saga: SagaRun,
-        idx: int,
-        step: StepDefinition,
-        key: str,
-        outputs: Mapping[str, Mapping[str, Any]],
-        row: StepResult,
-        ctx: StepContext,
-        exc: Exception,
-    ) -> Ran | SagaStatus:
-        """A pivot failed, timed out or was refused: the one place that decides what follows."""
-        lease = hold.lease
-        why = describe(exc)
-        may_have_written = ctx.wrote or row.write_started_at is not None
-        lookup = self._look_up(hold, saga, idx, step, row, outputs) if may_have_written else None
-        if lookup is not None:
-            self.ledger.record_step_progress(lease, idx, {"in_doubt": lookup.record(why)})
-        verdict = settle_pivot(may_have_written=may_have_written, lookup=lookup)
-        if verdict is Verdict.FORWARD:
-            _log.warning(
-                "pivot %s of saga %s happened despite %r (%s): finishing it forward",
-                step.name,
-                saga.id,
-                why,
-                lookup.evidence if lookup else "",
-            )
-            return self._execute_step(hold, saga, idx, step, key, outputs, after_pivot=True, prestarted=None)
-        if verdict is Verdict.ROLL_BACK:
-            found = "nothing was sent" if lookup is None else f"looked up: {lookup.evidence}"
-            return self._begin_rollback(
-                lease, f"step {step.name} failed before its point of no return ({found}): {why}"
-            )
-        evidence = lookup.evidence if lookup is not None else "no lookup"
-        self.ledger.record_step_failed(lease, idx, why)
-        return self._fail_forward(
-            lease,
-            step.name,
-            f"{why}; whether it happened could not be told ({evidence}): check the provider, then"
-            f" `sagas resume {saga.id}` to finish it forward or `sagas resolve {saga.id}`",
-        )
-
-    def _look_up(
-        self,
-        hold: SagaHold,
-        saga: SagaRun,
-        idx: int,
-        step: StepDefinition,
-        row: StepResult,
-        outputs: Mapping[str, Mapping[str, Any]],
-    ) -> Lookup:
-        """Ask the provider whether the step's effect happened; a lookup that fails is UNKNOWN."""
-        if step.lookup is None:
-            return Lookup(Found.UNKNOWN, f"step {step.name} has no lookup")
-        fresh = self.ledger.list_step_results(saga.id)
-        current = next((r for r in fresh if r.step_idx == idx), row)
-        ctx = hold.context(
-            saga, idx, step, current, outputs, cancellable=False, timeout=LOOKUP_TIMEOUT_SECONDS
-        )
-        try:
-            return step.lookup(ctx)
-        except (LeaseLostError, LedgerError):
-            raise
-        except Exception as exc:
-            return Lookup(Found.UNKNOWN, f"the lookup failed: {describe(exc)}")
+            return hold.begin_rollback(error)
 
     def _next_step(
         self, hold: SagaHold, saga: SagaRun, idx: int, rows: Mapping[int, StepResult], past_pivot: bool
@@ -525,64 +449,3 @@ class Runner:
             sleep=hold.pause,
             clock=self.services.monotonic,
         )
-
-    # -- a person's approval ---------------------------------------------------------------
-
-    def _gate_index(self, saga: SagaRun) -> int:
-        """The index of the step a person must approve first, or -1 when this saga asks nobody."""
-        if not saga.options.get("require_approval"):
-            return -1
-        return self.catalog.kind(saga.kind).approval_gate(saga.step_names)
-
-    def _approval_gate(self, hold: SagaHold, saga: SagaRun) -> SagaStatus | None:
-        """At the gate: go on (None) once approved; roll back once rejected; else stop and wait."""
-        current = self.ledger.get_saga(saga.id)  # a decision is written without the lease: read it now
-        if current.approval_decision is ApprovalDecision.APPROVED:
-            return None
-        if current.approval_decision is ApprovalDecision.REJECTED:
-            return self._begin_rollback(
-                hold.lease, f"rejected by {current.approval_by}: {current.approval_note}"
-            )
-        if current.cancel_requested:
-            return self._begin_rollback(hold.lease, "cancelled while awaiting approval")
-        deadline = (
-            current.options.get("approval_deadline_seconds")
-            or self.services.settings.approval_deadline_seconds
-        )
-        if self.ledger.await_approval(hold.lease, float(deadline)):
-            return self._begin_rollback(hold.lease, "cancelled while awaiting approval")
-        _log.info(
-            "saga %s awaits a person's approval before %s", saga.id, saga.step_names[self._gate_index(saga)]
-        )
-        return SagaStatus.AWAITING_APPROVAL
-
-    def _after_the_wait(self, saga: SagaRun) -> SagaRun:
-        """A waiting saga whose deadline passed without an answer is rejected, and says so."""
-        if saga.approval_decision is not None or saga.cancel_requested:
-            return saga
-        deadline = saga.approval_deadline_at
-        if deadline is None or datetime.now(UTC) < deadline:
-            return saga
-        waited = deadline - (saga.approval_requested_at or deadline)
-        try:
-            return self.ledger.decide_approval(
-                saga.id,
-                ApprovalDecision.REJECTED,
-                by="the approval deadline",
-                note=f"no answer within {waited.total_seconds():.0f}s (until {deadline:%Y-%m-%d %H:%M:%S %Z})",
-            )
-        except InputError:
-            return self.ledger.get_saga(saga.id)  # a person answered at the last moment
-
-    def _fail_forward(self, lease: Lease, name: str, error: str) -> SagaStatus:
-        """Past the pivot and still failing: stop in ``failed`` for an operator (`sagas resume`)."""
-        self.ledger.set_saga_status(
-            lease,
-            SagaStatus.FAILED,
-            error=f"step {name} failed after the point of no return: {error}"[:4000],
-        )
-        return SagaStatus.FAILED
-
-    def _begin_rollback(self, lease: Lease, error: str) -> SagaStatus:
-        self.ledger.set_saga_status(lease, SagaStatus.COMPENSATING, error=error)
-        return SagaStatus.COMPENSATING

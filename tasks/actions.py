@@ -18,6 +18,8 @@ on the action:
 A 422 "pending event" (another action runs) is waited out, not failed, for at most
 ``pending_event_wait_seconds`` (the shared ``sagas.retry.RetryPolicy``: the one retry layer of that
 wait; the client does not retry a 422).
+
+``action_lookup`` answers whether a pivot's action happened (facts for ``sagas.in_doubt``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from sagas.errors import (
     ProviderResponseError,
     ProviderUnavailableError,
 )
+from sagas.in_doubt import Found, Lookup
 from sagas.retry import RetryPolicy
 from sagas.steps import StepContext
 from tasks.waiting import Backoff, wait_until
@@ -243,3 +246,34 @@ __all__ = [
     "start_droplet_action",
     "wait_for_action",
 ]
+
+
+# -- did a pivot's action happen? (facts only; the runner decides, sagas.in_doubt) ----------
+
+
+def _our_action(
+    ctx: StepContext, do: DigitalOceanClient, droplet_id: int, kind: str, slot: str
+) -> Action | None:
+    """The step's action: recorded, or (after an unanswered POST) found among the droplet's new
+    actions, looking twice a poll apart in case a late POST is still landing."""
+    action_id: int | None = ctx.recorded.get(f"{slot}_id")
+    if action_id is None and ctx.recorded.get(f"{slot}_posting"):
+        action_id = find_our_action(ctx, do, droplet_id, kind, slot=slot)
+        if action_id is None:
+            ctx.sleep(ctx.services.settings.poll_max_seconds)
+            action_id = find_our_action(ctx, do, droplet_id, kind, slot=slot)
+    return None if action_id is None else do.get_action(action_id)
+
+
+def action_lookup(ctx: StepContext, droplet_id: int, kind: str, slot: str) -> Lookup:
+    do = ctx.services.digitalocean()
+    action = _our_action(ctx, do, droplet_id, kind, slot)
+    if action is None:
+        if ctx.recorded.get(f"{slot}_posting"):
+            return Lookup(
+                Found.NOT_HAPPENED, f"no {kind} action of ours among droplet {droplet_id}'s actions"
+            )
+        return Lookup(Found.NOT_HAPPENED, f"the {kind} was refused or never posted: no action exists")
+    if action.status == "errored":
+        return Lookup(Found.UNKNOWN, f"{kind} action {action.id} errored: the droplet may be half changed")
+    return Lookup(Found.HAPPENED, f"{kind} action {action.id} is {action.status}")

@@ -44,15 +44,12 @@ from tasks.dns import CREATE_DNS_RECORD, DELETE_DNS_RECORD, DnsInputs
 from tasks.droplets import (
     CREATE_DROPLET,
     DELETE_DROPLET,
-    POWER_OFF,
-    POWER_ON,
-    RESIZE,
     RESTORE,
     CreateDropletInputs,
     DropletInputs,
-    ResizeInputs,
     RestoreInputs,
 )
+from tasks.power import POWER_OFF, POWER_ON, RESIZE, ResizeInputs
 from tasks.snapshots import CREATE_DROPLET_SNAPSHOT, SnapshotInputs
 
 _FORBID = ConfigDict(extra="forbid")

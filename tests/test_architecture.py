@@ -24,6 +24,8 @@ PACKAGES = ("app", "sagas", "flows", "tasks", "deployments", "benchmarks", "test
 SIMULATOR = ("sagas.digitalocean.simulator",)
 CLIENT = (
     "sagas.digitalocean.client",
+    "sagas.digitalocean.transport",
+    "sagas.digitalocean.responses",
     "sagas.digitalocean.models",
     "sagas.digitalocean.ratelimit",
     "sagas.digitalocean.shared_budget",

@@ -5,7 +5,7 @@ droplet's own size (docs/simulator.md). A step can meet that answer when the dro
 between the step's look and its POST. Each race is arranged through the simulator's control API,
 never by patching code: a latency fault holds the step's POST back while the droplet gets there,
 or an action that is already running gets it there first. Without the handling in
-``tasks/droplets.py`` each of these sagas ends differently (rolled back, or its undo failed).
+``tasks/power.py`` each of these sagas ends differently (rolled back, or its undo failed).
 """
 
 from __future__ import annotations

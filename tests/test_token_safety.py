@@ -199,7 +199,7 @@ def test_a_client_whose_token_cannot_be_sent_fails_cleanly_and_sends_nothing(
     do = DigitalOceanClient(http, SecretStr(GOOD_TOKEN), retry=DEFAULT_RETRY.replace(sleep=lambda s: None))
     # No public path builds a client with such a token (the constructor refuses it); this stands
     # for one that gets there anyway, to prove the transport edge cannot leak it either.
-    do._token = SecretStr(BAD_TOKENS[shape])
+    do._transport._token = SecretStr(BAD_TOKENS[shape])
     calls = [lambda: do.get_droplet(droplet_id), lambda: do.delete_droplet(droplet_id)]
     try:
         for call in calls:

@@ -148,6 +148,14 @@ def find_id(application: App, given: uuid.UUID | str) -> uuid.UUID:
     return application.provisioning().find_saga_id(given)
 
 
+def open_saga(raw: str) -> tuple[App, uuid.UUID]:
+    """The application and the saga meant by ``raw``: its shape checked before anything connects
+    (``read_id``), then the application built, then the saga looked up (``find_id``)."""
+    given = read_id(raw)
+    application = build()
+    return application, find_id(application, given)
+
+
 def say_which_ledger(application: App) -> None:
     """On stderr, in one dim line: the ledger read is the embedded one (a user who forgot
     SAGAS_DATABASE_URL would otherwise see the demo's sagas and take them for production's)."""

@@ -21,9 +21,8 @@ from app.cli.common import (
     err,
     errors,
     fail,
-    find_id,
+    open_saga,
     out,
-    read_id,
     say_outcome,
     secret_blocks_reachable,
     watching,
@@ -46,9 +45,7 @@ def retry_compensation(
 
     terminal.be_verbose(verbose)
     with errors():
-        given = read_id(saga_id)
-        application = build()
-        target = find_id(application, given)
+        application, target = open_saga(saga_id)
         runner = application.runner()
         try:
             with secret_blocks_reachable(application):
@@ -72,9 +69,7 @@ def resolve(
     from sagas.operator.resolution import resolve_saga
 
     with errors():
-        given = read_id(saga_id)
-        application = build()
-        target = find_id(application, given)
+        application, target = open_saga(saga_id)
         saga = resolve_saga(
             application.ledger,
             target,
@@ -158,9 +153,7 @@ def _decide(saga_id: str, decision: ApprovalDecision, note: str, by: str | None,
     from sagas.operator.approval import decide
 
     with errors():
-        given = read_id(saga_id)
-        application = build()
-        target = find_id(application, given)
+        application, target = open_saga(saga_id)
         who = by if by is not None else application.settings.user
         saga = decide(application.ledger, target, decision, by=who, note=note)
         err.print(f"saga {saga.id} {decision.value} by {saga.approval_by}", markup=False)

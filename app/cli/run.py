@@ -19,12 +19,11 @@ from app.cli.common import (
     errors,
     exit_code_of,
     fail,
-    find_id,
+    open_saga,
     out,
     parse_id,
     parse_inputs,
     parse_steps,
-    read_id,
     say_outcome,
     secret_blocks_reachable,
     watching,
@@ -169,9 +168,7 @@ def resume(
     """Finish a saga from where its ledger stands: forward, or on with its rollback."""
     terminal.be_verbose(verbose)
     with errors():
-        given = read_id(saga_id)
-        application = build()
-        target = find_id(application, given)
+        application, target = open_saga(saga_id)
         before = application.ledger.get_saga(target)
         if before.status.is_terminal:
             # Nothing to do, so claim nothing and write nothing (a resolved saga stays resolved).
@@ -198,9 +195,7 @@ def cancel(
 
     terminal.be_verbose(verbose)
     with errors():
-        given = read_id(saga_id)
-        application = build()
-        target = find_id(application, given)
+        application, target = open_saga(saga_id)
         saga = application.provisioning().cancel_saga(target)
         if saga.status.is_terminal:
             out.print(f"saga {saga.id} is already {saga.status.value}; nothing to cancel")

@@ -31,6 +31,9 @@ Reserves round down, so a tiny limit keeps none.
 budget shared by every process and machine is ``shared_budget.SharedRateBudget``, which keeps the
 same rules in a store. Registries key by a hash of the token: the token itself is never stored
 here. Nothing happens at import time.
+
+Why one file: the priorities, their reserves, the provider's signals and the turns are the rules
+``RateBudget`` applies under its one lock, and ``shared_budget`` takes the same pieces from here.
 """
 
 from __future__ import annotations

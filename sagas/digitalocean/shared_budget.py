@@ -39,6 +39,10 @@ provider's headers) for all the token's users at once:
 
 It must never hand the token to the store (a hash keys it), never hold its lock while the store
 is called, and never be the source of a round trip per request.
+
+Why one file: ``SharedRateBudget`` is one lock over one set of leases, waiters and fallback state;
+the store's protocol and its messages are the few types around it, and split apart each half would
+only make sense read with the other.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ expired``, and whose writes all select from that CTE. A runner whose lease was t
 ``LeaseLostError`` and writes nothing, which is what makes two runners on one saga impossible
 rather than merely unlikely. Being one statement each, these run in autocommit on the driver
 connection (one round trip, one commit). No transaction is ever held across a provider call.
+
+Why one file: every statement here is built on the same ``fence`` CTE and its lease parameters;
+keeping the whole set together is what lets a reader check that no runner write escapes the fence.
 """
 
 from __future__ import annotations

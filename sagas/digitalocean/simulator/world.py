@@ -6,6 +6,9 @@ HTTP layer stays thin and tests may read the world from another thread. Nothing 
 timed transitions (an action completing, a droplet's status changing, a snapshot appearing in the
 listings, a deleted droplet or snapshot disappearing) are kept as timestamps or as events in a heap that
 ``_advance`` replays, in time order, whenever the world is looked at.
+
+Why one file: ``World`` is one lock over one account's state and one event heap; every resource's
+transitions are replayed by the same ``_advance``, so splitting by resource would scatter that lock.
 """
 
 from __future__ import annotations
