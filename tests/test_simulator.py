@@ -907,3 +907,28 @@ def test_the_control_routes_do_not_import_the_app_that_serves_them() -> None:
     tree = ast.parse(Path(control.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "app" not in imported and "sagas.digitalocean.simulator.app" not in imported
+
+
+def test_a_client_that_hangs_up_mid_request_leaves_no_traceback_in_the_simulators_log(
+    server: RunningSimulator, control: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A runner killed while sending a POST (the crash matrix does it hundreds of times): the
+    simulator has no one to answer, and says nothing."""
+    import logging
+
+    droplet_id = seed(control)
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    uvicorn_errors.addHandler(caplog.handler)
+    try:
+        with socket.create_connection((server.host, server.port), timeout=5) as raw:
+            raw.sendall(
+                f"POST /v2/droplets/{droplet_id}/actions HTTP/1.1\r\nHost: sim\r\n"
+                f"Authorization: {AUTH['Authorization']}\r\nContent-Type: application/json\r\n"
+                'Content-Length: 100\r\n\r\n{"type": "snap'.encode()
+            )
+            time.sleep(0.2)  # the request is routed and waits for the rest of its body
+        time.sleep(0.3)
+        assert control.get("/_sim/state").status_code == 200  # still serving
+    finally:
+        uvicorn_errors.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

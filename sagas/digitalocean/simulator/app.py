@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import Message, Receive, Scope, Send
@@ -248,7 +248,10 @@ class SimulatorApp:
             assert plan.rule is not None
             await self._slow_response(scope, receive, send, headers, plan.rule.seconds)
         else:
-            await self.router(scope, receive, self._decorating(send, headers))
+            try:
+                await self.router(scope, receive, self._decorating(send, headers))
+            except ClientDisconnect:
+                return  # the client hung up before its request was read (a runner killed mid-call)
 
     def _journaled(self, send: Send, entry: JournalEntry) -> Send:
         async def journaled(message: Message) -> None:
