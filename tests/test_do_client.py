@@ -13,16 +13,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import httpx
 import pytest
 from openapi_core import OpenAPI
-from openapi_core.datatypes import RequestParameters
 from pydantic import SecretStr
-from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from sagas.digitalocean.client import DEFAULT_RETRY, DigitalOceanClient
 from sagas.digitalocean.models import (
@@ -51,68 +47,26 @@ from sagas.errors import (
     RateLimitedError,
 )
 from sagas.settings import Settings, TokenPurpose
+from tests.support.openapi import SPEC_SERVER, OpenAPIRequest, OpenAPIResponse, fixed_spec, load_openapi
 
-SPEC_PATH = Path(__file__).parent / "spec" / "do-droplet-lifecycle.openapi.json"
-BASE_URL = "https://api.digitalocean.com"
+BASE_URL = SPEC_SERVER
 TOKEN = SecretStr("dop_v1_" + "5ec7e7" * 10 + "abcd")
 DROPLET_ID = 3164444
 
 Responder = Callable[[httpx.Request], httpx.Response]
 
 
-# --- the spec, once per module -----------------------------------------------------------------
+# --- the spec, parsed once per session (tests/support/openapi.py) --------------------------------
 
 
 @pytest.fixture(scope="module")
 def openapi() -> OpenAPI:
-    return OpenAPI.from_file_path(str(SPEC_PATH))
+    return load_openapi()
 
 
 @pytest.fixture(scope="module")
 def spec_json() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(SPEC_PATH.read_text())
-    return data
-
-
-class OpenAPIRequest:
-    """openapi-core's Request protocol over an ``httpx.Request``."""
-
-    def __init__(self, request: httpx.Request) -> None:
-        self._request = request
-        self.parameters = RequestParameters(
-            query=ImmutableMultiDict(parse_qs(request.url.query.decode())),
-            header=Headers(dict(request.headers)),
-        )
-
-    @property
-    def host_url(self) -> str:
-        return f"{self._request.url.scheme}://{self._request.url.netloc.decode()}"
-
-    @property
-    def path(self) -> str:
-        return self._request.url.path
-
-    @property
-    def method(self) -> str:
-        return self._request.method.lower()
-
-    @property
-    def body(self) -> bytes | None:
-        return self._request.content or None
-
-    @property
-    def content_type(self) -> str:
-        return str(self._request.headers.get("content-type", ""))
-
-
-class OpenAPIResponse:
-    """openapi-core's Response protocol over an ``httpx.Response``."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.status_code = response.status_code
-        self.headers = Headers(dict(response.headers))
-        self.content_type = response.headers.get("content-type", "")
-        self.data = response.content
+    return fixed_spec()
 
 
 # --- realistic bodies, shaped like the spec's own examples --------------------------------------

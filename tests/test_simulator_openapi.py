@@ -9,112 +9,27 @@ side on its own.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import httpx
 import pytest
 from openapi_core import OpenAPI
-from openapi_core.datatypes import RequestParameters
-from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from sagas.digitalocean.simulator import RunningSimulator, SimulatorConfig, run_simulator_in_thread
+from tests.support.openapi import SPEC_SERVER, OpenAPIRequest, OpenAPIResponse, load_openapi, raw_spec
 
-SPEC_PATH = Path(__file__).parent / "spec" / "do-droplet-lifecycle.openapi.json"
-SPEC_SERVER = "https://api.digitalocean.com"
 AUTH = {"Authorization": "Bearer dop_v1_openapi-test"}
 TIME_SCALE = 0.01  # a 2 s action takes 20 ms; the 3 s listing lag 30 ms
 
 
-def _raw_spec() -> dict[str, Any]:
-    return dict(json.loads(SPEC_PATH.read_text()))
-
-
-def _fix_yaml_off(node: Any) -> None:
-    """Spec quirk: the upstream YAML lists the droplet status enum as ``[new, active, off, archive]``
-    and a YAML 1.1 loader turned the bare ``off`` into ``false`` when the spec was converted to JSON. The
-    real API (and its own prose: "off") reports ``"status": "off"``, so a powered-off droplet would fail
-    validation. We restore the string in exactly that enum and nowhere else (see
-    ``test_spec_quirk_droplet_status_off_is_false``)."""
-    if isinstance(node, dict):
-        enum = node.get("enum")
-        if isinstance(enum, list) and "active" in enum and False in enum:
-            node["enum"] = ["off" if v is False else v for v in enum]
-        for value in node.values():
-            _fix_yaml_off(value)
-    elif isinstance(node, list):
-        for value in node:
-            _fix_yaml_off(value)
+# --- fixtures (the spec and its httpx adapters: tests/support/openapi.py) -------------------------
 
 
 @pytest.fixture(scope="session")
 def openapi() -> OpenAPI:
-    spec = _raw_spec()
-    _fix_yaml_off(spec)
-    return OpenAPI.from_dict(spec)
-
-
-# --- httpx adapters for openapi-core's Request/Response protocols --------------------------------
-
-
-class HttpxOpenAPIRequest:
-    """An ``httpx.Request`` seen as a request to the spec's server (same path and query)."""
-
-    def __init__(self, request: httpx.Request) -> None:
-        self.request = request
-        self.parameters = RequestParameters(
-            query=ImmutableMultiDict(parse_qs(request.url.query.decode())),
-            header=Headers(list(request.headers.items())),
-            cookie=ImmutableMultiDict(),
-        )
-
-    @property
-    def host_url(self) -> str:
-        return SPEC_SERVER
-
-    @property
-    def path(self) -> str:
-        return self.request.url.path
-
-    @property
-    def method(self) -> str:
-        return self.request.method.lower()
-
-    @property
-    def body(self) -> bytes | None:
-        return self.request.content or None
-
-    @property
-    def content_type(self) -> str:
-        return str(self.request.headers.get("content-type", "")).lower()
-
-
-class HttpxOpenAPIResponse:
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-
-    @property
-    def status_code(self) -> int:
-        return self.response.status_code
-
-    @property
-    def content_type(self) -> str:
-        return str(self.response.headers.get("content-type", "")).lower()
-
-    @property
-    def headers(self) -> Headers:
-        return Headers(list(self.response.headers.items()))
-
-    @property
-    def data(self) -> bytes | None:
-        return self.response.content or None
-
-
-# --- fixtures -------------------------------------------------------------------------------------
+    return load_openapi()
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +48,9 @@ def api(server: RunningSimulator, openapi: OpenAPI) -> Iterator[Callable[..., ht
         def call(method: str, path: str, status: int, **kwargs: Any) -> httpx.Response:
             response = client.request(method, path, **kwargs)
             assert response.status_code == status, response.text
-            openapi.validate_response(HttpxOpenAPIRequest(response.request), HttpxOpenAPIResponse(response))
+            openapi.validate_response(
+                OpenAPIRequest(response.request, host_url=SPEC_SERVER), OpenAPIResponse(response)
+            )
             return response
 
         yield call
@@ -165,8 +82,8 @@ def _completed(server: RunningSimulator, action_id: int) -> None:
 
 
 def test_spec_quirk_droplet_status_off_is_false() -> None:
-    """If this fails, the spec was fixed upstream and ``_fix_yaml_off`` can go."""
-    droplet = _raw_spec()["paths"]["/v2/droplets/{droplet_id}"]["get"]["responses"]["200"]["content"][
+    """If this fails, the spec was fixed upstream and ``tests.support.openapi.fix_yaml_off`` can go."""
+    droplet = raw_spec()["paths"]["/v2/droplets/{droplet_id}"]["get"]["responses"]["200"]["content"][
         "application/json"
     ]["schema"]["properties"]["droplet"]
     assert droplet["properties"]["status"]["enum"] == ["new", "active", False, "archive"]
@@ -461,7 +378,7 @@ def test_injected_faults_follow_the_spec_where_the_real_api_does(
         html = client.get("/v2/droplets")
     assert html.status_code == 503 and html.headers["content-type"].startswith("text/html")
     with pytest.raises(Exception, match=r"(?i)content|media|type"):
-        openapi.validate_response(HttpxOpenAPIRequest(html.request), HttpxOpenAPIResponse(html))
+        openapi.validate_response(OpenAPIRequest(html.request, host_url=SPEC_SERVER), OpenAPIResponse(html))
 
 
 def test_spec_checks_are_not_vacuous(api: Callable[..., httpx.Response], openapi: OpenAPI) -> None:
@@ -475,4 +392,6 @@ def test_spec_checks_are_not_vacuous(api: Callable[..., httpx.Response], openapi
         202, json=broken, headers={"content-type": "application/json"}, request=response.request
     )
     with pytest.raises(Exception, match=r"(?i)invalid|validat"):
-        openapi.validate_response(HttpxOpenAPIRequest(forged.request), HttpxOpenAPIResponse(forged))
+        openapi.validate_response(
+            OpenAPIRequest(forged.request, host_url=SPEC_SERVER), OpenAPIResponse(forged)
+        )
