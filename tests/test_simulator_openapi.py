@@ -92,7 +92,9 @@ def test_spec_quirk_droplet_status_off_is_false() -> None:
 # --- droplets -------------------------------------------------------------------------------------
 
 
-def test_droplet_create_get_list_delete(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_droplet_create_get_list_and_delete_answer_as_the_spec_says(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     created = _create(api, "web-1", tags=["env:test", "web"])
     droplet = created["droplet"]
     assert droplet["status"] == "new" and droplet["locked"] is False
@@ -119,14 +121,18 @@ def test_droplet_create_get_list_delete(api: Callable[..., httpx.Response], serv
     api("GET", f"/v2/droplets/{droplet['id']}", 404)
 
 
-def test_droplet_create_rejections(api: Callable[..., httpx.Response]) -> None:
+def test_a_droplet_create_with_a_bad_size_or_name_is_a_422_the_spec_allows(
+    api: Callable[..., httpx.Response],
+) -> None:
     bad_size = {"name": "web-1", "region": "nyc3", "size": "huge", "image": "ubuntu-22-04-x64"}
     assert api("POST", "/v2/droplets", 422, json=bad_size).json()["id"] == "unprocessable_entity"
     bad_name = {**bad_size, "size": "s-1vcpu-1gb", "name": "bad name!"}
     api("POST", "/v2/droplets", 422, json=bad_name)
 
 
-def test_multi_create_and_delete_by_tag(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_creating_several_droplets_and_deleting_by_tag_answer_as_the_spec_says(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     body = {"names": ["a-1", "a-2"], "size": "s-1vcpu-1gb", "image": "debian-12-x64", "tags": ["batch"]}
     created = api("POST", "/v2/droplets", 202, json=body).json()
     assert [d["name"] for d in created["droplets"]] == ["a-1", "a-2"]
@@ -152,7 +158,9 @@ def test_powered_off_droplet_validates_with_the_quirk_fixed(
 # --- actions --------------------------------------------------------------------------------------
 
 
-def test_droplet_actions_routes(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_droplet_action_routes_answer_as_the_spec_says_and_refuse_while_one_is_pending(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     droplet_id = _active(api, server, "act-1")
     server.app.update_config(action_seconds_by_type={"snapshot": 50.0})  # pending long enough to see
     base = f"/v2/droplets/{droplet_id}/actions"
@@ -179,7 +187,9 @@ def test_droplet_actions_routes(api: Callable[..., httpx.Response], server: Runn
     api("POST", base, 422, json={"type": "resize", "size": "s-2vcpu-4gb"})  # droplet is on
 
 
-def test_every_other_action_type(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_reboot_power_rebuild_rename_and_backup_actions_complete_as_the_spec_says(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     droplet_id = _active(api, server, "types-1")
     bodies: list[dict[str, Any]] = [
         {"type": "reboot"},
@@ -201,7 +211,9 @@ def test_every_other_action_type(api: Callable[..., httpx.Response], server: Run
 # --- snapshots and images -------------------------------------------------------------------------
 
 
-def test_snapshot_routes(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_snapshot_and_image_routes_list_get_restore_and_delete_as_the_spec_says(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     droplet_id = _active(api, server, "snap-src")
     action = api("POST", f"/v2/droplets/{droplet_id}/actions", 201, json={"type": "snapshot"}).json()[
         "action"
@@ -239,7 +251,9 @@ def test_snapshot_routes(api: Callable[..., httpx.Response], server: RunningSimu
 # --- power, resize, restore, rebuild ---------------------------------------------------------------
 
 
-def test_power_resize_restore_rebuild(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_power_resize_restore_and_rebuild_answers_and_refusals_match_the_spec(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     droplet_id = _active(api, server, "life-1")
     base = f"/v2/droplets/{droplet_id}/actions"
 
@@ -290,7 +304,9 @@ def test_power_resize_restore_rebuild(api: Callable[..., httpx.Response], server
 # --- domain records -------------------------------------------------------------------------------
 
 
-def test_domain_record_routes(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_domain_record_routes_create_list_get_delete_and_refuse_as_the_spec_says(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     server.app.world.seed_domain({"name": "example.com"})
     base = "/v2/domains/example.com/records"
     created = []
@@ -331,7 +347,7 @@ def test_domain_record_routes(api: Callable[..., httpx.Response], server: Runnin
     api("GET", base, 401, headers={"Authorization": ""})
 
 
-def test_domain_record_rate_limit_and_500(
+def test_domain_record_500_and_429_answers_match_the_spec(
     api: Callable[..., httpx.Response], server: RunningSimulator
 ) -> None:
     server.app.world.seed_domain({"name": "example.com"})
@@ -347,13 +363,15 @@ def test_domain_record_rate_limit_and_500(
 # --- the edge: auth, rate limits, injected faults -------------------------------------------------
 
 
-def test_unauthenticated_is_401(api: Callable[..., httpx.Response]) -> None:
+def test_a_request_without_a_token_is_a_401_the_spec_allows(api: Callable[..., httpx.Response]) -> None:
     for path in ("/v2/actions", "/v2/droplets", "/v2/snapshots", "/v2/droplets/1"):
         body = api("GET", path, 401, headers={"Authorization": ""}).json()
         assert body["id"] == "unauthorized" and body["message"] == "Unable to authenticate you"
 
 
-def test_rate_limited_is_429(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_requests_over_the_rate_limit_are_429s_the_spec_allows(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     server.app.update_config(rate_limit_per_minute=2)
     api("GET", "/v2/actions", 200)
     api("GET", "/v2/droplets", 200)
