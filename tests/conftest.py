@@ -140,6 +140,15 @@ def live_snapshots(sim: httpx.Client) -> list[dict[str, Any]]:
     return [s for s in sim.get("/_sim/state").json()["snapshots"] if not s.get("deleted")]
 
 
+def fail_snapshot_deletes(sim: httpx.Client) -> None:
+    """From now on the simulator answers every snapshot DELETE with a 500 (not applied), until its
+    faults are cleared: a compensation that cannot undo a snapshot."""
+    sim.post(
+        "/_sim/faults",
+        json={"rules": [{"method": "DELETE", "path": "^/v2/snapshots/", "kind": "error_500", "times": None}]},
+    ).raise_for_status()
+
+
 @pytest.fixture
 def api(simulator: Any, env: dict[str, str]) -> Iterator[httpx.Client]:
     """The simulator's DigitalOcean API itself, with the test token (for arranging a world)."""

@@ -29,7 +29,7 @@ from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings
 from tasks.registry import catalog
-from tests.conftest import advance_saga, live_snapshots, seed_droplet, wait_for
+from tests.conftest import advance_saga, fail_snapshot_deletes, live_snapshots, seed_droplet, wait_for
 from tests.reliability.harness.db_faults import block_ledger_connections
 
 
@@ -48,10 +48,7 @@ def test_a_compensation_facing_5xx_forever_gives_up_within_its_deadline_and_requ
     sim: httpx.Client, ledger: Ledger, settings: Settings
 ) -> None:
     droplet = seed_droplet(sim)
-    sim.post(
-        "/_sim/faults",
-        json={"rules": [{"method": "DELETE", "path": "^/v2/snapshots/", "kind": "error_500", "times": None}]},
-    ).raise_for_status()
+    fail_snapshot_deletes(sim)
     bounded = settings.model_copy(update={"compensation_deadline_seconds": 20.0, "compensation_attempts": 5})
     started = time.monotonic()
     saga = _run(ledger, bounded, "test", {"droplet_id": droplet}, ["create_droplet_snapshot", "fail"])

@@ -21,7 +21,7 @@ import pytest
 
 from sagas.ledger.store import Ledger
 from sagas.models import SagaStatus
-from tests.conftest import live_snapshots, seed_droplet
+from tests.conftest import fail_snapshot_deletes, live_snapshots, seed_droplet
 from tests.prefect_live import LivePrefect, prefect_live_fixture  # noqa: F401
 from tests.test_kinds import prepare, world
 
@@ -224,10 +224,7 @@ def test_prefect_retry_of_a_run_whose_saga_rolled_back_starts_a_new_saga_linked_
 def test_prefect_retry_of_a_run_whose_compensation_failed_finishes_that_rollback(
     prefect_live: LivePrefect, sim: httpx.Client, ledger: Ledger
 ) -> None:
-    sim.post(
-        "/_sim/faults",
-        json={"rules": [{"method": "DELETE", "path": "^/v2/snapshots/", "kind": "error_500", "times": None}]},
-    ).raise_for_status()
+    fail_snapshot_deletes(sim)
     parameters = {"droplet_id": seed_droplet(sim), "steps": ["create_droplet_snapshot", "fail"]}
     run = prefect_live.run_deployment("test/test", parameters)
     assert "compensation_failed" in (run.state.message or ""), run.state
