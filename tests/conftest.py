@@ -150,6 +150,15 @@ def live_snapshots(sim: httpx.Client) -> list[dict[str, Any]]:
     return [s for s in sim.get("/_sim/state").json()["snapshots"] if not s.get("deleted")]
 
 
+def fail_snapshot_deletes(sim: httpx.Client) -> None:
+    """From now on the simulator answers every snapshot DELETE with a 500 (not applied), until its
+    faults are cleared: a compensation that cannot undo a snapshot."""
+    sim.post(
+        "/_sim/faults",
+        json={"rules": [{"method": "DELETE", "path": "^/v2/snapshots/", "kind": "error_500", "times": None}]},
+    ).raise_for_status()
+
+
 @pytest.fixture
 def api(simulator: Any, env: dict[str, str]) -> Iterator[httpx.Client]:
     """The simulator's DigitalOcean API itself, with the test token (for arranging a world)."""
@@ -170,20 +179,47 @@ def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def run_saga(
-    ledger: Ledger, settings: Settings, kind: str, inputs: dict[str, Any], steps: list[str] | None = None
-) -> Any:
-    """Record a saga and run it to its end with the core runner (no Prefect), in this process."""
+def advance_saga(ledger: Ledger, settings: Settings, saga_id: uuid.UUID) -> Any:
+    """Advance a recorded saga as far as it goes with the core runner and the registry's catalog (no
+    Prefect), in this process, on services of its own that are closed afterwards."""
     from sagas.runner import Runner
     from sagas.services import Services
     from tasks.registry import catalog
 
-    saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs, steps=steps, options=MECHANICS))
     services = Services(settings)
     try:
-        return Runner(ledger, catalog(), services).advance(saga.id)
+        return Runner(ledger, catalog(), services).advance(saga_id)
     finally:
         services.close()
+
+
+def run_saga(
+    ledger: Ledger, settings: Settings, kind: str, inputs: dict[str, Any], steps: list[str] | None = None
+) -> Any:
+    """Record a saga and run it to its end with the core runner (no Prefect), in this process."""
+    from tasks.registry import catalog
+
+    saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs, steps=steps, options=MECHANICS))
+    return advance_saga(ledger, settings, saga.id)
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect API (the test harness's server), shared by the flow runs of the module that asks."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+def run_cli(*args: str) -> Any:
+    """The ``sagas`` CLI in this process (typer's runner); an exception in it fails the test."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 @pytest.fixture

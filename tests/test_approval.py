@@ -26,15 +26,8 @@ from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings
 from tasks.registry import catalog
+from tests.conftest import advance_saga
 from tests.test_kinds import expected_after, prepare, world
-
-
-def _advance(ledger: Ledger, settings: Settings, saga_id: uuid.UUID) -> Any:
-    services = Services(settings)
-    try:
-        return Runner(ledger, catalog(), services).advance(saga_id)
-    finally:
-        services.close()
 
 
 def _start(ledger: Ledger, kind: str, inputs: dict[str, Any], **options: Any) -> uuid.UUID:
@@ -49,7 +42,7 @@ def test_offboard_and_rollback_stop_for_approval_with_their_snapshot_kept_and_th
     inputs = prepare(kind, sim, api)
     before = world(sim, api)
     saga_id = _start(ledger, kind, inputs)
-    saga = _advance(ledger, settings, saga_id)
+    saga = advance_saga(ledger, settings, saga_id)
     assert saga.status is SagaStatus.AWAITING_APPROVAL, saga.error
     assert saga.approval_requested_at is not None and saga.approval_deadline_at is not None
     steps = ledger.list_step_results(saga_id)
@@ -59,7 +52,7 @@ def test_offboard_and_rollback_stop_for_approval_with_their_snapshot_kept_and_th
     assert ledger.resource_holder(f"droplet:{inputs['droplet_id']}") == saga_id
     assert saga.lease_owner is None  # it holds no runner while it waits
     # Advancing it again before anyone answered changes nothing.
-    again = _advance(ledger, settings, saga_id)
+    again = advance_saga(ledger, settings, saga_id)
     assert again.status is SagaStatus.AWAITING_APPROVAL
     assert len(ledger.list_step_results(saga_id)) == 1
 
@@ -70,9 +63,9 @@ def test_an_approved_offboard_goes_on_past_its_point_of_no_return_and_keeps_its_
     inputs = prepare("offboard", sim, api)
     before = world(sim, api)
     saga_id = _start(ledger, "offboard", inputs)
-    _advance(ledger, settings, saga_id)
+    advance_saga(ledger, settings, saga_id)
     decide(ledger, saga_id, ApprovalDecision.APPROVED, by="alice", note="customer left, ticket 42")
-    saga = _advance(ledger, settings, saga_id)
+    saga = advance_saga(ledger, settings, saga_id)
     assert saga.status is SagaStatus.COMPLETED, saga.error
     assert (saga.approval_decision, saga.approval_by, saga.approval_note) == (
         ApprovalDecision.APPROVED,
@@ -92,7 +85,7 @@ def test_a_decision_is_given_once_and_a_second_one_is_refused_naming_the_first(
     sim: httpx.Client, api: httpx.Client, ledger: Ledger, settings: Settings
 ) -> None:
     saga_id = _start(ledger, "offboard", prepare("offboard", sim, api))
-    _advance(ledger, settings, saga_id)
+    advance_saga(ledger, settings, saga_id)
     decide(ledger, saga_id, ApprovalDecision.REJECTED, by="alice", note="wrong droplet")
     with pytest.raises(InputError, match="already rejected by alice"):
         decide(ledger, saga_id, ApprovalDecision.APPROVED, by="bob", note="go")
@@ -105,9 +98,9 @@ def test_a_rejected_rollback_saga_rolls_back_to_the_world_before_it(
     inputs = prepare("rollback", sim, api)
     before = world(sim, api)
     saga_id = _start(ledger, "rollback", inputs)
-    _advance(ledger, settings, saga_id)
+    advance_saga(ledger, settings, saga_id)
     decide(ledger, saga_id, ApprovalDecision.REJECTED, by="bob", note="restore the other snapshot")
-    saga = _advance(ledger, settings, saga_id)
+    saga = advance_saga(ledger, settings, saga_id)
     assert saga.status is SagaStatus.ROLLED_BACK, saga.error
     assert saga.error == "rejected by bob: restore the other snapshot"
     assert world(sim, api) == before
@@ -120,7 +113,7 @@ def test_no_answer_before_the_deadline_rolls_the_saga_back_through_the_sweep_and
     inputs = prepare("offboard", sim, api)
     before = world(sim, api)
     saga_id = _start(ledger, "offboard", inputs, approval_deadline_seconds=1)
-    _advance(ledger, settings, saga_id)
+    advance_saga(ledger, settings, saga_id)
     assert ledger.list_recoverable(pending_grace_seconds=300) == []  # waiting is not stuck
     time.sleep(1.5)
     report = sweep(ledger, lambda: Runner(ledger, catalog(), Services(settings)), pending_grace_seconds=300)
@@ -139,7 +132,7 @@ def test_a_cancel_while_awaiting_approval_rolls_back(
     inputs = prepare("offboard", sim, api)
     before = world(sim, api)
     saga_id = _start(ledger, "offboard", inputs)
-    _advance(ledger, settings, saga_id)
+    advance_saga(ledger, settings, saga_id)
     result = CliRunner().invoke(cli, ["cancel", str(saga_id)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert ledger.get_saga(saga_id).status is SagaStatus.ROLLED_BACK
@@ -151,7 +144,7 @@ def test_sagas_approve_runs_the_rest_of_a_saga_no_flow_run_waits_for(
 ) -> None:
     inputs = prepare("offboard", sim, api)
     saga_id = _start(ledger, "offboard", inputs)
-    _advance(ledger, settings, saga_id)
+    advance_saga(ledger, settings, saga_id)
     shown = CliRunner().invoke(cli, ["show", str(saga_id)], catch_exceptions=False)
     assert "awaiting_approval" in shown.output and "answer due by" in shown.output
     result = CliRunner().invoke(
@@ -171,9 +164,9 @@ def test_the_kinds_that_ask_by_default_and_a_saga_that_asks_for_itself(
     asking = {k for k in catalog().kind_names if catalog().kind(k).asks_approval}
     assert asking == {"offboard", "rollback"}
     plain = _start(ledger, "offboard", prepare("offboard", sim, api), require_approval=False)
-    assert _advance(ledger, settings, plain).status is SagaStatus.COMPLETED
+    assert advance_saga(ledger, settings, plain).status is SagaStatus.COMPLETED
     snap = _start(ledger, "snapshot", {"droplet_id": _fresh_droplet(sim)}, require_approval=True)
-    saga = _advance(ledger, settings, snap)
+    saga = advance_saga(ledger, settings, snap)
     assert saga.status is SagaStatus.AWAITING_APPROVAL
     assert ledger.list_step_results(snap) == []  # its gate is before its first (and only) step
 

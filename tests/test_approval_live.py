@@ -8,7 +8,6 @@ run, or the deadline each end the saga as they should.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -20,17 +19,10 @@ from app.cli import cli
 from sagas.ledger.store import Ledger
 from sagas.models import SagaStatus
 from tests.prefect_live import LivePrefect, prefect_live_fixture  # noqa: F401
+from tests.support.waiting import wait_until
 from tests.test_kinds import expected_after, prepare, world
 
 pytestmark = pytest.mark.slow
-
-
-def _wait(predicate: Any, what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return value
 
 
 def _suspended_offboard(
@@ -45,7 +37,7 @@ def _suspended_offboard(
             state = client.read_flow_run(run.id).state
         return state is not None and state.is_paused()
 
-    _wait(suspended, "the run to suspend for approval")
+    wait_until(suspended, "the run to suspend for approval")
     saga = ledger.find_saga_by_flow_run(run.id)
     assert saga is not None and saga.status is SagaStatus.AWAITING_APPROVAL, saga
     return run, saga, inputs, before
@@ -64,7 +56,7 @@ def test_an_offboard_run_suspends_for_approval_holding_no_worker_process_and_app
     # Final snapshot made; droplet still on; DNS record still there.
     assert world(sim, api) == expected_after(["create_droplet_snapshot"], before, saga, inputs)
     # The run's process exited: the worker holds no flow run process while the saga waits.
-    _wait(lambda: len(prefect_live.worker_processes()) == 1, "the run's process to exit", timeout=30)
+    wait_until(lambda: len(prefect_live.worker_processes()) == 1, "the run's process to exit", timeout=30)
     # The resume form shows the plan.
     with httpx.Client(base_url=prefect_live.api_url, timeout=10) as prefect:
         description = prefect.get(f"/flow_runs/{run.id}/input/suspended-approval-{saga.id}-description")
@@ -118,7 +110,7 @@ def test_a_cancel_of_the_waiting_run_rolls_the_saga_back(
     run, saga, _inputs, before = _suspended_offboard(prefect_live, sim, api, ledger)
     with prefect_live.client() as client:
         client.set_flow_run_state(run.id, Cancelling())
-    _wait(
+    wait_until(
         lambda: prefect_live.wait_for_flow_run(run.id, timeout=None).state_type.value == "CANCELLED",
         "the run to be cancelled",
     )

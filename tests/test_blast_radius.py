@@ -33,7 +33,7 @@ from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings, load_settings
 from tasks.registry import catalog
-from tests.conftest import MECHANICS, REPO, seed_droplet
+from tests.conftest import MECHANICS, REPO, advance_saga, seed_droplet
 from tests.test_kinds import prepare
 
 cli = CliRunner()
@@ -171,11 +171,7 @@ def test_a_saga_awaiting_approval_holds_no_place_and_takes_one_again_to_go_on(
     capped = Provisioning(ledger, catalog(), caps=settings.destructive_caps)
 
     def advance(saga_id: uuid.UUID) -> Any:
-        services = Services(settings)
-        try:
-            return Runner(ledger, catalog(), services).advance(saga_id)
-        finally:
-            services.close()
+        return advance_saga(ledger, settings, saga_id)
 
     offboard = capped.create_saga("offboard", prepare("offboard", sim, api))
     asked = advance(offboard.id)

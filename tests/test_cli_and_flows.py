@@ -9,36 +9,17 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
-from typer.testing import CliRunner
 
-from app.cli import cli as app
 from sagas.ledger.store import Ledger
 from tasks.registry import catalog
-from tests.conftest import REPO, TOKEN, live_snapshots, seed_droplet
+from tests.conftest import REPO, TOKEN, live_snapshots, run_cli, seed_droplet
 from tests.test_kinds import FIXED_KINDS, prepare
-
-cli = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[str]:
-    """A real Prefect API (the test harness's server), shared by this module's flow runs."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
-
-
-def run_cli(*args: str) -> Any:
-    return cli.invoke(app, list(args), catch_exceptions=False)
 
 
 def count_rows(ledger: Ledger) -> tuple[int, int]:

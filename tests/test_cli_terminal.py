@@ -17,36 +17,16 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from app.cli import cli as app
 from flows.visibility import ledger_rows
 from sagas.ledger.store import Ledger
 from sagas.models import SagaStatus, StepStatus
-from sagas.runner import Runner
-from sagas.services import Services
 from sagas.settings import Settings
 from tasks.registry import catalog
-from tests.conftest import REPO, live_snapshots, seed_droplet
-
-cli = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[str]:
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
-
-
-def run_cli(*args: str) -> Any:
-    return cli.invoke(app, list(args), catch_exceptions=False)
+from tests.conftest import REPO, advance_saga, live_snapshots, run_cli, seed_droplet
 
 
 def sagas_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -286,11 +266,7 @@ def test_a_skipped_step_shows_as_skipped_with_why_in_show_and_in_the_artifact(
         "provision", {"name": "web-9", "region": "nyc3", "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"}
     )
     saga, _ = ledger.create_saga(new)
-    services = Services(settings)
-    try:
-        done = Runner(ledger, catalog(), services).advance(saga.id)
-    finally:
-        services.close()
+    done = advance_saga(ledger, settings, saga.id)
     assert done.status is SagaStatus.COMPLETED
     steps = ledger.list_step_results(saga.id)
     assert [(s.step_name, s.status) for s in steps] == [

@@ -68,7 +68,9 @@ def wait_for(check: Callable[[], T | None], timeout: float = 5.0) -> T:
         time.sleep(0.01)
 
 
-def test_droplet_life_cycle_and_dns(do: DigitalOceanClient, sim: RunningSimulator) -> None:
+def test_the_client_and_simulator_agree_on_a_droplet_life_cycle_and_its_dns_record(
+    do: DigitalOceanClient, sim: RunningSimulator
+) -> None:
     started = time.monotonic()
     tag = "saga:e2e-1"
     created = do.create_droplet(

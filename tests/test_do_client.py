@@ -13,16 +13,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import httpx
 import pytest
 from openapi_core import OpenAPI
-from openapi_core.datatypes import RequestParameters
 from pydantic import SecretStr
-from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from sagas.digitalocean.client import DEFAULT_RETRY, DigitalOceanClient
 from sagas.digitalocean.models import (
@@ -51,68 +47,26 @@ from sagas.errors import (
     RateLimitedError,
 )
 from sagas.settings import Settings, TokenPurpose
+from tests.support.openapi import SPEC_SERVER, OpenAPIRequest, OpenAPIResponse, fixed_spec, load_openapi
 
-SPEC_PATH = Path(__file__).parent / "spec" / "do-droplet-lifecycle.openapi.json"
-BASE_URL = "https://api.digitalocean.com"
+BASE_URL = SPEC_SERVER
 TOKEN = SecretStr("dop_v1_" + "5ec7e7" * 10 + "abcd")
 DROPLET_ID = 3164444
 
 Responder = Callable[[httpx.Request], httpx.Response]
 
 
-# --- the spec, once per module -----------------------------------------------------------------
+# --- the spec, parsed once per session (tests/support/openapi.py) --------------------------------
 
 
 @pytest.fixture(scope="module")
 def openapi() -> OpenAPI:
-    return OpenAPI.from_file_path(str(SPEC_PATH))
+    return load_openapi()
 
 
 @pytest.fixture(scope="module")
 def spec_json() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(SPEC_PATH.read_text())
-    return data
-
-
-class OpenAPIRequest:
-    """openapi-core's Request protocol over an ``httpx.Request``."""
-
-    def __init__(self, request: httpx.Request) -> None:
-        self._request = request
-        self.parameters = RequestParameters(
-            query=ImmutableMultiDict(parse_qs(request.url.query.decode())),
-            header=Headers(dict(request.headers)),
-        )
-
-    @property
-    def host_url(self) -> str:
-        return f"{self._request.url.scheme}://{self._request.url.netloc.decode()}"
-
-    @property
-    def path(self) -> str:
-        return self._request.url.path
-
-    @property
-    def method(self) -> str:
-        return self._request.method.lower()
-
-    @property
-    def body(self) -> bytes | None:
-        return self._request.content or None
-
-    @property
-    def content_type(self) -> str:
-        return str(self._request.headers.get("content-type", ""))
-
-
-class OpenAPIResponse:
-    """openapi-core's Response protocol over an ``httpx.Response``."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.status_code = response.status_code
-        self.headers = Headers(dict(response.headers))
-        self.content_type = response.headers.get("content-type", "")
-        self.data = response.content
+    return fixed_spec()
 
 
 # --- realistic bodies, shaped like the spec's own examples --------------------------------------
@@ -319,7 +273,9 @@ def test_the_spec_check_rejects_a_request_digitalocean_would_refuse(openapi: Ope
 # --- happy paths ----------------------------------------------------------------------------------
 
 
-def test_get_droplet(client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]) -> None:
+def test_a_droplet_is_read_into_its_typed_model_with_the_token_and_user_agent_sent(
+    client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]
+) -> None:
     fake.on("GET", f"/v2/droplets/{DROPLET_ID}", ok(200, {"droplet": droplet_json(spec_json)}))
 
     droplet = client.get_droplet(DROPLET_ID)
@@ -385,7 +341,7 @@ def test_list_droplets_follows_three_pages_with_the_filter(
     assert all(r.url.params["per_page"] == "200" for r in fake.requests)
 
 
-def test_list_droplets_by_name(
+def test_listing_droplets_by_name_sends_the_name_and_no_tag_filter(
     client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]
 ) -> None:
     fake.on(
@@ -398,7 +354,7 @@ def test_list_droplets_by_name(
     assert "tag_name" not in fake.requests[0].url.params
 
 
-def test_create_droplet(
+def test_creating_a_droplet_sends_the_fields_set_without_nulls_and_reads_the_new_droplet(
     client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]
 ) -> None:
     created = _example(spec_json, "/v2/droplets", "post", "202")  # droplet + links.actions
@@ -423,13 +379,17 @@ def test_create_droplet(
     assert "user_data" not in sent  # None fields are left out, not sent as null
 
 
-def test_delete_droplet(client: DigitalOceanClient, fake: FakeDigitalOcean) -> None:
+def test_deleting_a_droplet_sends_one_delete_and_takes_the_204(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
     fake.on("DELETE", f"/v2/droplets/{DROPLET_ID}", no_content())
     client.delete_droplet(DROPLET_ID)
     assert len(fake.sent("DELETE")) == 1
 
 
-def test_create_droplet_snapshot(client: DigitalOceanClient, fake: FakeDigitalOcean) -> None:
+def test_a_droplet_snapshot_is_one_snapshot_action_on_the_droplet_read_in_progress(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
     fake.on("POST", f"/v2/droplets/{DROPLET_ID}/actions", ok(201, {"action": action_json()}))
 
     action = client.create_droplet_snapshot(DROPLET_ID, "arcadia-snap-3164444-1a2b3c4d")
@@ -457,7 +417,7 @@ def test_create_droplet_snapshot(client: DigitalOceanClient, fake: FakeDigitalOc
         (SnapshotActionRequest(name="nightly"), {"type": "snapshot", "name": "nightly"}),
     ],
 )
-def test_post_droplet_action_variants(
+def test_every_droplet_action_request_is_sent_as_its_own_body(
     client: DigitalOceanClient, fake: FakeDigitalOcean, req: DropletActionRequest, expected: dict[str, Any]
 ) -> None:
     fake.on(
@@ -470,14 +430,18 @@ def test_post_droplet_action_variants(
     assert body_of(fake.requests[0]) == expected
 
 
-def test_get_action(client: DigitalOceanClient, fake: FakeDigitalOcean) -> None:
+def test_a_completed_action_is_read_with_its_completion_time(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
     fake.on("GET", "/v2/actions/36804636", ok(200, {"action": action_json(status="completed")}))
     action = client.get_action(36804636)
     assert action.status == "completed"
     assert action.completed_at is not None
 
 
-def test_list_droplet_actions_stops_at_max_pages(client: DigitalOceanClient, fake: FakeDigitalOcean) -> None:
+def test_listing_droplet_actions_stops_at_the_default_page_limit(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
     path = f"/v2/droplets/{DROPLET_ID}/actions"
     pages = [[action_json(action_id=n, status="completed")] for n in (30, 20, 10)]
     fake.on("GET", path, _paged("actions", pages, path))
@@ -486,7 +450,9 @@ def test_list_droplet_actions_stops_at_max_pages(client: DigitalOceanClient, fak
     assert len(fake.requests) == 2
 
 
-def test_list_droplet_actions_all_pages(client: DigitalOceanClient, fake: FakeDigitalOcean) -> None:
+def test_listing_droplet_actions_without_a_page_limit_reads_every_page(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
     path = f"/v2/droplets/{DROPLET_ID}/actions"
     pages = [[action_json(action_id=n, status="completed")] for n in (30, 20, 10)]
     fake.on("GET", path, _paged("actions", pages, path))
@@ -547,7 +513,9 @@ def test_a_pagination_loop_is_a_response_error(client: DigitalOceanClient, fake:
         client.list_droplet_snapshots(DROPLET_ID)
 
 
-def test_find_droplet_snapshot_by_name(client: DigitalOceanClient, fake: FakeDigitalOcean) -> None:
+def test_a_snapshot_found_by_name_is_the_oldest_of_duplicates_or_none(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
     path = f"/v2/droplets/{DROPLET_ID}/snapshots"
     snaps = [
         droplet_snapshot_json(7, "other"),
@@ -562,7 +530,9 @@ def test_find_droplet_snapshot_by_name(client: DigitalOceanClient, fake: FakeDig
     assert client.find_droplet_snapshot_by_name(DROPLET_ID, "arcadia-snap-3164444-ffffffff") is None
 
 
-def test_get_snapshot(client: DigitalOceanClient, fake: FakeDigitalOcean) -> None:
+def test_a_snapshot_is_read_with_its_droplet_and_its_sizes(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
     fake.on("GET", "/v2/snapshots/6372321", ok(200, {"snapshot": snapshot_json("6372321", "web-01")}))
     snapshot = client.get_snapshot("6372321")
     assert snapshot.id == "6372321"
@@ -571,7 +541,9 @@ def test_get_snapshot(client: DigitalOceanClient, fake: FakeDigitalOcean) -> Non
     assert snapshot.size_gigabytes == pytest.approx(2.34)
 
 
-def test_delete_snapshot(client: DigitalOceanClient, fake: FakeDigitalOcean) -> None:
+def test_deleting_a_snapshot_sends_one_delete_to_its_path(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
     fake.on("DELETE", "/v2/snapshots/6372321", no_content())
     client.delete_snapshot("6372321")
     assert [r.url.path for r in fake.sent("DELETE")] == ["/v2/snapshots/6372321"]
@@ -639,7 +611,7 @@ def test_list_domain_records_follows_pages_with_both_filters(
     assert all(r.url.params["per_page"] == "200" for r in fake.requests)
 
 
-def test_list_domain_records_unfiltered(
+def test_listing_domain_records_unfiltered_sends_no_filter_and_takes_a_trailing_dot(
     client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]
 ) -> None:
     fake.on("GET", RECORDS, ok(200, _example(spec_json, SPEC_RECORDS, "get", "200")))
@@ -649,7 +621,7 @@ def test_list_domain_records_unfiltered(
     assert "name" not in fake.requests[0].url.params and "type" not in fake.requests[0].url.params
 
 
-def test_create_domain_record(
+def test_creating_a_domain_record_sends_the_request_and_returns_the_record_the_provider_answered(
     client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]
 ) -> None:
     fake.on("POST", RECORDS, ok(201, _example(spec_json, SPEC_RECORDS, "post", "201")))
@@ -712,7 +684,7 @@ def test_domain_record_requests_are_checked_before_sending(
     assert fake.requests == []
 
 
-def test_get_domain_record(
+def test_a_domain_record_is_read_by_its_id(
     client: DigitalOceanClient, fake: FakeDigitalOcean, spec_json: dict[str, Any]
 ) -> None:
     fake.on(
@@ -778,7 +750,9 @@ def test_domain_record_errors_use_the_one_translation(
 # --- 4xx ----------------------------------------------------------------------------------------
 
 
-def test_404_is_not_found(client: DigitalOceanClient, fake: FakeDigitalOcean) -> None:
+def test_a_404_is_a_not_found_error_after_one_request(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
     fake.on(
         "GET",
         f"/v2/droplets/{DROPLET_ID}",
@@ -789,7 +763,9 @@ def test_404_is_not_found(client: DigitalOceanClient, fake: FakeDigitalOcean) ->
     assert len(fake.requests) == 1
 
 
-def test_422_pending_event(client: DigitalOceanClient, fake: FakeDigitalOcean) -> None:
+def test_a_pending_event_422_is_a_pending_event_error_after_one_request(
+    client: DigitalOceanClient, fake: FakeDigitalOcean
+) -> None:
     fake.on(
         "POST",
         f"/v2/droplets/{DROPLET_ID}/actions",

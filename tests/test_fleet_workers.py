@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from sagas.models import SagaStatus
 from tasks.registry import catalog
 from tests.conftest import REPO, live_snapshots
 from tests.prefect_live import LivePrefect, live_prefect, module_sagas_env
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -88,14 +88,6 @@ def tagged_droplets(sim: httpx.Client, tag: str, count: int) -> list[int]:
         int(sim.post("/_sim/droplets", json={"name": f"{tag}-{i}", "tags": [tag]}).json()["droplet"]["id"])
         for i in range(count)
     ]
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def one_snapshot_each(sim: httpx.Client, droplets: list[int]) -> None:

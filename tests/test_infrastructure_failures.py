@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from sqlalchemy import create_engine
 
@@ -30,18 +29,15 @@ from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings
 from tasks.registry import catalog
-from tests.conftest import live_snapshots, seed_droplet, wait_for
+from tests.conftest import advance_saga, fail_snapshot_deletes, live_snapshots, seed_droplet, wait_for
+from tests.reliability.harness.db_faults import block_ledger_connections
 
 
 def _run(
     ledger: Ledger, settings: Settings, kind: str, inputs: dict[str, Any], steps: list[str] | None = None
 ) -> Any:
     saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs, steps=steps))
-    services = Services(settings)
-    try:
-        return Runner(ledger, catalog(), services).advance(saga.id)
-    finally:
-        services.close()
+    return advance_saga(ledger, settings, saga.id)
 
 
 def _fault_counts(sim: httpx.Client) -> list[dict[str, Any]]:
@@ -52,10 +48,7 @@ def test_a_compensation_facing_5xx_forever_gives_up_within_its_deadline_and_requ
     sim: httpx.Client, ledger: Ledger, settings: Settings
 ) -> None:
     droplet = seed_droplet(sim)
-    sim.post(
-        "/_sim/faults",
-        json={"rules": [{"method": "DELETE", "path": "^/v2/snapshots/", "kind": "error_500", "times": None}]},
-    ).raise_for_status()
+    fail_snapshot_deletes(sim)
     bounded = settings.model_copy(update={"compensation_deadline_seconds": 20.0, "compensation_attempts": 5})
     started = time.monotonic()
     saga = _run(ledger, bounded, "test", {"droplet_id": droplet}, ["create_droplet_snapshot", "fail"])
@@ -117,20 +110,6 @@ def test_a_provider_down_before_the_first_write_rolls_back_and_frees_the_droplet
     assert step.write_started_at is None and step.compensation_attempts == 0  # the undo asked nobody
 
 
-def _block_connections(ledger: Ledger, seconds: float) -> None:
-    """The ledger's database refuses every connection for ``seconds`` and drops the live ones."""
-    url = ledger._engine.url
-    name = url.database
-    admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        try:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            time.sleep(seconds)
-        finally:
-            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-
-
 def test_a_half_second_ledger_blip_mid_poll_neither_fails_nor_rolls_back_the_saga(
     sim: httpx.Client, ledger: Ledger, settings: Settings
 ) -> None:
@@ -154,7 +133,7 @@ def test_a_half_second_ledger_blip_mid_poll_neither_fails_nor_rolls_back_the_sag
         lambda: any("action_id" in s.output for s in ledger.list_step_results(saga.id)),
         what="the snapshot action to be recorded",
     )
-    _block_connections(ledger, 0.5)
+    block_ledger_connections(ledger, 0.5)
     worker.join(60)
     assert "error" not in outcome, outcome.get("error")
     assert outcome["saga"].status is SagaStatus.COMPLETED, outcome["saga"].error

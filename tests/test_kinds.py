@@ -124,7 +124,7 @@ def expected_after(
 
 
 @pytest.mark.parametrize("kind", FIXED_KINDS)
-def test_happy_path(
+def test_every_kind_completes_and_leaves_the_world_its_steps_describe(
     kind: str, sim: httpx.Client, api: httpx.Client, ledger: Ledger, settings: Settings
 ) -> None:
     inputs = prepare(kind, sim, api)

@@ -31,14 +31,12 @@ from sagas.errors import LeaseLostError
 from sagas.ledger.metrics import MetricsStore
 from sagas.ledger.store import Ledger
 from sagas.models import SagaStatus
-from sagas.runner import Runner
-from sagas.services import Services
 from sagas.settings import Settings
 from sagas.steps import StepContext
 from sagas.telemetry import TALLY, Flusher
 from sagas.timeline import provider_waits
 from tasks.registry import catalog
-from tests.conftest import MECHANICS, REPO, seed_droplet
+from tests.conftest import MECHANICS, REPO, advance_saga, seed_droplet
 from tests.support.recorder import Recorder, make_catalog, make_runner, new_saga
 from tests.test_kinds import prepare
 
@@ -85,14 +83,6 @@ def counting(ledger: Ledger) -> Iterator[Flusher]:
     TALLY.take()
 
 
-def _advance(ledger: Ledger, settings: Settings, saga_id: uuid.UUID) -> Any:
-    services = Services(settings)
-    try:
-        return Runner(ledger, catalog(), services).advance(saga_id)
-    finally:
-        services.close()
-
-
 def _start(
     ledger: Ledger, kind: str, inputs: dict[str, Any], steps: list[str] | None = None, **options: Any
 ) -> uuid.UUID:
@@ -117,19 +107,21 @@ def test_after_a_known_set_of_sagas_every_number_is_what_the_ledger_and_the_simu
     sim.post(
         "/_sim/faults", json={"kind": "rate_limit_429", "method": "GET", "seconds": 1}
     ).raise_for_status()
-    completed = _advance(ledger, settings, _start(ledger, "snapshot", {"droplet_id": droplets["snap"]}))
+    completed = advance_saga(ledger, settings, _start(ledger, "snapshot", {"droplet_id": droplets["snap"]}))
     assert completed.status is SagaStatus.COMPLETED, completed.error
     # Rolled back: its snapshot is undone after the next step fails.
     failing = ["create_droplet_snapshot", "fail"]
-    rolled = _advance(ledger, settings, _start(ledger, "test", {"droplet_id": droplets["rolled"]}, failing))
+    rolled = advance_saga(
+        ledger, settings, _start(ledger, "test", {"droplet_id": droplets["rolled"]}, failing)
+    )
     assert rolled.status is SagaStatus.ROLLED_BACK, rolled.error
     # Compensation failed: the snapshot's DELETE keeps failing.
     sim.post("/_sim/faults", json={"kind": "error_500", "method": "DELETE", "times": None}).raise_for_status()
-    stuck = _advance(ledger, settings, _start(ledger, "test", {"droplet_id": droplets["stuck"]}, failing))
+    stuck = advance_saga(ledger, settings, _start(ledger, "test", {"droplet_id": droplets["stuck"]}, failing))
     assert stuck.status is SagaStatus.COMPENSATION_FAILED, stuck.error
     sim.delete("/_sim/faults").raise_for_status()
     # Awaiting a person's approval, after its snapshot.
-    waiting = _advance(ledger, settings, _start(ledger, "offboard", offboard_inputs))
+    waiting = advance_saga(ledger, settings, _start(ledger, "offboard", offboard_inputs))
     assert waiting.status is SagaStatus.AWAITING_APPROVAL, waiting.error
     # Pending: recorded, never run.
     _start(ledger, "snapshot", {"droplet_id": droplets["later"]}, **MECHANICS)

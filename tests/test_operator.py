@@ -26,7 +26,7 @@ from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings
 from tasks.registry import catalog
-from tests.conftest import MECHANICS, live_snapshots, seed_droplet, wait_for
+from tests.conftest import MECHANICS, fail_snapshot_deletes, live_snapshots, seed_droplet, wait_for
 
 cli = CliRunner()
 _open: list[Services] = []
@@ -54,13 +54,6 @@ def runner(ledger: Ledger, settings: Settings) -> Runner:
 def start(ledger: Ledger, kind: str, inputs: dict[str, Any], steps: list[str] | None = None) -> uuid.UUID:
     saga, _ = ledger.create_saga(catalog().new_saga(kind, inputs, steps=steps, options=MECHANICS))
     return saga.id
-
-
-def fail_snapshot_deletes(sim: httpx.Client) -> None:
-    sim.post(
-        "/_sim/faults",
-        json={"rules": [{"method": "DELETE", "path": "^/v2/snapshots/", "kind": "error_500", "times": None}]},
-    ).raise_for_status()
 
 
 def compensation_failed_saga(

@@ -17,6 +17,7 @@ from sagas.digitalocean.ratelimit import (
     current_priority,
     request_priority,
 )
+from tests.support.priority import order_served
 
 
 class FakeClock:
@@ -237,23 +238,7 @@ def test_a_waiting_compensation_goes_before_scheduled_requests_that_waited_longe
     budget = RateBudget(2, 10_000, scale=0.01)  # a "minute" of 0.6 s
     budget.acquire()
     budget.acquire()
-    order: list[str] = []
-    lock = threading.Lock()
-
-    def request(priority: Priority, name: str) -> None:
-        with request_priority(priority):
-            budget.acquire()
-        with lock:
-            order.append(name)
-
-    threads = [threading.Thread(target=request, args=(Priority.SCHEDULED, f"fleet-{i}")) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.1)  # the fleet's requests are queued behind the full window
-    rollback = threading.Thread(target=request, args=(Priority.COMPENSATION, "rollback"))
-    rollback.start()
-    for thread in [*threads, rollback]:
-        thread.join(timeout=10)
+    order = order_served(budget.acquire, fleet=3)
     assert order[0] == "rollback"
     assert sorted(order[1:]) == ["fleet-0", "fleet-1", "fleet-2"]
 

@@ -241,7 +241,9 @@ def test_cancel_between_steps_rolls_back(ledger: Ledger, settings: Settings, rec
     assert saga.error is not None and "cancelled before step c" in saga.error
 
 
-def test_definitions_are_pinned(ledger: Ledger, settings: Settings, recorder: Recorder) -> None:
+def test_a_saga_under_a_changed_definition_is_refused_and_its_lease_released(
+    ledger: Ledger, settings: Settings, recorder: Recorder
+) -> None:
     saga_id = new_saga(ledger, make_catalog(recorder))
     changed = make_catalog(recorder, steps=("a", "d", "c"), version="2")
     with pytest.raises(DefinitionMismatchError, match="v1"):
@@ -250,7 +252,7 @@ def test_definitions_are_pinned(ledger: Ledger, settings: Settings, recorder: Re
     assert ledger.get_saga(saga_id).lease_owner is None  # released for whoever has the right code
 
 
-def test_only_registered_steps(recorder: Recorder) -> None:
+def test_a_step_name_not_in_the_catalog_is_refused(recorder: Recorder) -> None:
     catalog = make_catalog(recorder)
     with pytest.raises(UnknownStepError, match=r"os\.system"):
         catalog.step("os.system")

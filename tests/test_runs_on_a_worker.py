@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import httpx
@@ -21,8 +22,9 @@ import pytest
 
 from sagas.ledger.store import Ledger
 from sagas.models import SagaStatus
-from tests.conftest import live_snapshots, seed_droplet
+from tests.conftest import fail_snapshot_deletes, live_snapshots, seed_droplet
 from tests.prefect_live import LivePrefect, prefect_live_fixture  # noqa: F401
+from tests.support.waiting import wait_until
 from tests.test_kinds import prepare, world
 
 pytestmark = pytest.mark.slow
@@ -36,12 +38,7 @@ def _saga_of(ledger: Ledger, run_id: uuid.UUID, timeout: float = 90) -> Any:
     return saga
 
 
-def _wait_until(predicate: Any, what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
+_wait_until = partial(wait_until, timeout=90)  # 90 s here unless a call says otherwise
 
 
 def _cancel(prefect_live: LivePrefect, run_id: uuid.UUID) -> float:
@@ -224,10 +221,7 @@ def test_prefect_retry_of_a_run_whose_saga_rolled_back_starts_a_new_saga_linked_
 def test_prefect_retry_of_a_run_whose_compensation_failed_finishes_that_rollback(
     prefect_live: LivePrefect, sim: httpx.Client, ledger: Ledger
 ) -> None:
-    sim.post(
-        "/_sim/faults",
-        json={"rules": [{"method": "DELETE", "path": "^/v2/snapshots/", "kind": "error_500", "times": None}]},
-    ).raise_for_status()
+    fail_snapshot_deletes(sim)
     parameters = {"droplet_id": seed_droplet(sim), "steps": ["create_droplet_snapshot", "fail"]}
     run = prefect_live.run_deployment("test/test", parameters)
     assert "compensation_failed" in (run.state.message or ""), run.state

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from sagas.ledger.store import Ledger
 from sagas.ratebudget_pg import PostgresBudgetStore
 from sagas.settings import Settings
 from tests.conftest import REPO, seed_droplet
+from tests.support.priority import order_served
 
 LIMIT = 60
 SCALE = 0.02
@@ -406,24 +406,12 @@ def test_in_one_process_a_waiting_compensation_goes_before_the_queued_fleet(
         for _ in range(4):
             budget.acquire()
             budget.observe({})
-    order: list[str] = []
-    lock = threading.Lock()
 
-    def request(priority: Priority, name: str) -> None:
-        with request_priority(priority):
-            budget.acquire()
-            budget.observe({})
-        with lock:
-            order.append(name)
+    def request() -> None:
+        budget.acquire()
+        budget.observe({})
 
-    fleet = [threading.Thread(target=request, args=(Priority.SCHEDULED, f"fleet-{i}")) for i in range(4)]
-    for thread in fleet:
-        thread.start()
-    time.sleep(0.1)  # the fleet's requests are queued behind the full window
-    rollback = threading.Thread(target=request, args=(Priority.COMPENSATION, "rollback"))
-    rollback.start()
-    for thread in [*fleet, rollback]:
-        thread.join(timeout=10)
+    order = order_served(request, fleet=4)
     assert order[0] == "rollback"
     assert sorted(order[1:]) == [f"fleet-{i}" for i in range(4)]
 

@@ -93,7 +93,7 @@ def test_create_action_completes_after_scaled_action_seconds(do: httpx.Client, c
     assert do.get(f"/v2/droplets/{droplet['id']}").json()["droplet"]["status"] == "active"
 
 
-def test_per_type_action_seconds(do: httpx.Client, control: httpx.Client) -> None:
+def test_an_action_type_takes_its_own_configured_seconds(do: httpx.Client, control: httpx.Client) -> None:
     control.post("/_sim/config", json={"action_seconds_by_type": {"snapshot": 60.0}})
     droplet_id = seed(control)
     start = time.monotonic()
@@ -122,7 +122,9 @@ def test_action_completes_before_the_status_changes(do: httpx.Client, control: h
 # --- snapshots: listing lag, delete linger --------------------------------------------------------
 
 
-def test_snapshot_listing_lag_and_delete_linger(do: httpx.Client, control: httpx.Client) -> None:
+def test_a_snapshot_is_listed_late_and_lingers_in_listings_after_its_delete(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     control.post(
         "/_sim/config", json={"snapshot_listing_lag_seconds": 50.0, "snapshot_delete_linger_seconds": 50.0}
     )
@@ -164,7 +166,9 @@ def test_deleted_droplet_lingers_then_404(do: httpx.Client, control: httpx.Clien
 # --- pending event --------------------------------------------------------------------------------
 
 
-def test_pending_event_is_422(do: httpx.Client, control: httpx.Client) -> None:
+def test_an_action_while_another_runs_is_a_pending_event_422_and_not_applied(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     control.post("/_sim/config", json={"action_seconds": 50.0})
     droplet_id = seed(control)
     first = act(do, droplet_id, type="power_off")
@@ -384,7 +388,9 @@ def test_restore_takes_only_a_snapshot_of_that_droplet(do: httpx.Client, control
     assert image["id"] == snap_id and image["type"] == "snapshot" and image["name"] == "r-1-snap"
 
 
-def test_rebuild_by_slug_or_id(do: httpx.Client, control: httpx.Client) -> None:
+def test_a_rebuild_takes_an_image_slug_or_id_and_refuses_an_unknown_one(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     droplet_id = seed(control, image="ubuntu-22-04-x64")
     wait_completed(do, act(do, droplet_id, type="rebuild", image="debian-12-x64")["id"])
     assert droplet(do, droplet_id)["image"]["slug"] == "debian-12-x64"
@@ -441,7 +447,9 @@ def test_a_seeded_domain_has_its_soa_and_ns_records(do: httpx.Client, control: h
     assert control.get("/_sim/state").json()["counters"]["writes"] == {}  # seeding is not a write
 
 
-def test_create_get_delete_record(do: httpx.Client, control: httpx.Client) -> None:
+def test_a_record_is_created_with_defaults_read_back_deleted_once_and_counted(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     seed_domain(control)
     created = record(do, type="A", name="www", data="192.0.2.10")
     assert created == {
@@ -533,7 +541,9 @@ def test_a_cname_shares_its_name_with_nothing(do: httpx.Client, control: httpx.C
         assert do.post("/v2/domains/example.com/records", json=body).status_code == 422
 
 
-def test_list_filters_and_pages(do: httpx.Client, control: httpx.Client) -> None:
+def test_record_listings_filter_by_full_name_and_type_and_page_in_id_order(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     seed_domain(control)
     seed_domain(control, "other.org")
     for i in range(25):
@@ -611,7 +621,9 @@ def test_record_writes_can_be_faulted(do: httpx.Client, control: httpx.Client) -
 # --- rate limits ----------------------------------------------------------------------------------
 
 
-def test_rate_limit_headers_and_burst_429(do: httpx.Client, control: httpx.Client) -> None:
+def test_rate_limit_headers_count_down_and_a_burst_is_a_429_for_that_token_only(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     control.post("/_sim/config", json={"rate_limit_per_minute": 3, "rate_limit_per_hour": 100})
     before = time.time()
     remaining = []
@@ -638,7 +650,7 @@ def test_rate_limit_headers_and_burst_429(do: httpx.Client, control: httpx.Clien
     assert counters["rate_limited_429"] >= 1 and counters["injected_429"] == 0
 
 
-def test_hourly_limit_429(do: httpx.Client, control: httpx.Client) -> None:
+def test_over_the_hourly_limit_is_a_429_without_retry_after(do: httpx.Client, control: httpx.Client) -> None:
     control.post("/_sim/config", json={"rate_limit_per_hour": 2})
     assert [do.get("/v2/actions").status_code for _ in range(3)] == [200, 200, 429]
     limited = do.get("/v2/actions")
@@ -646,7 +658,9 @@ def test_hourly_limit_429(do: httpx.Client, control: httpx.Client) -> None:
     assert int(limited.headers["ratelimit-reset"]) >= int(time.time())
 
 
-def test_seeding_and_control_do_not_count(do: httpx.Client, control: httpx.Client) -> None:
+def test_seeding_and_control_requests_do_not_count_against_the_rate_limit(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     control.post("/_sim/config", json={"rate_limit_per_minute": 1})
     for i in range(5):
         seed(control, f"s-{i}")
@@ -654,7 +668,9 @@ def test_seeding_and_control_do_not_count(do: httpx.Client, control: httpx.Clien
     assert do.get("/v2/droplets").json()["meta"]["total"] == 5
 
 
-def test_missing_token_is_401(do: httpx.Client, server: RunningSimulator) -> None:
+def test_a_missing_or_non_bearer_token_is_a_401_with_rate_headers(
+    do: httpx.Client, server: RunningSimulator
+) -> None:
     response = httpx.get(f"{server.base_url}/v2/droplets")
     assert response.status_code == 401
     assert response.json()["id"] == "unauthorized" and response.json()["request_id"]
@@ -699,7 +715,9 @@ def test_error_500_applied_on_a_read_is_a_plain_500(do: httpx.Client, control: h
     assert do.get(f"/v2/droplets/{droplet_id}").json()["droplet"]["status"] == "active"
 
 
-def test_error_503_html(do: httpx.Client, control: httpx.Client) -> None:
+def test_an_error_503_html_fault_answers_a_web_page_as_many_times_as_asked(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     control.post("/_sim/faults", json={"kind": "error_503_html", "times": 2})
     for _ in range(2):
         response = do.get("/v2/actions")
@@ -708,7 +726,9 @@ def test_error_503_html(do: httpx.Client, control: httpx.Client) -> None:
     assert do.get("/v2/actions").status_code == 200
 
 
-def test_injected_429(do: httpx.Client, control: httpx.Client) -> None:
+def test_an_injected_429_rounds_retry_after_up_and_is_counted_apart_from_real_limits(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     control.post("/_sim/faults", json={"rules": [{"kind": "rate_limit_429", "seconds": 2.5}]})
     response = do.get("/v2/snapshots")
     assert response.status_code == 429 and response.headers["retry-after"] == "3"
@@ -719,7 +739,9 @@ def test_injected_429(do: httpx.Client, control: httpx.Client) -> None:
     )
 
 
-def test_latency(do: httpx.Client, control: httpx.Client) -> None:
+def test_a_latency_fault_delays_only_matching_requests_and_can_outlast_a_client_timeout(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     control.post(
         "/_sim/faults", json={"kind": "latency", "seconds": 0.3, "method": "GET", "path": "/actions"}
     )
@@ -748,7 +770,7 @@ def test_lose_response_applies_the_write(do: httpx.Client, control: httpx.Client
     assert state["counters"]["writes"]["snapshot:lost-1"] == 1 and state["counters"]["lost_responses"] == 1
 
 
-def test_lose_response_on_delete(do: httpx.Client, control: httpx.Client) -> None:
+def test_a_lost_response_to_a_delete_still_deletes(do: httpx.Client, control: httpx.Client) -> None:
     droplet_id = seed(control)
     control.post("/_sim/faults", json={"method": "DELETE", "path": "/v2/droplets/", "kind": "lose_response"})
     with pytest.raises(httpx.RemoteProtocolError):
@@ -756,7 +778,9 @@ def test_lose_response_on_delete(do: httpx.Client, control: httpx.Client) -> Non
     assert do.delete(f"/v2/droplets/{droplet_id}").status_code == 404
 
 
-def test_fault_after_and_unlimited_times(do: httpx.Client, control: httpx.Client) -> None:
+def test_a_fault_can_start_after_n_matches_and_fire_without_limit_until_cleared(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     control.post(
         "/_sim/faults",
         json={"method": "GET", "path": "^/v2/actions$", "kind": "error_500", "after": 2, "times": None},
@@ -770,7 +794,7 @@ def test_fault_after_and_unlimited_times(do: httpx.Client, control: httpx.Client
     assert do.get("/v2/actions").status_code == 200
 
 
-def test_bad_fault_rule_is_400(control: httpx.Client) -> None:
+def test_a_bad_fault_rule_or_config_is_a_400(control: httpx.Client) -> None:
     response = control.post("/_sim/faults", json={"kind": "meteor"})
     assert response.status_code == 400 and response.json()["id"] == "bad_request"
     assert control.post("/_sim/config", json={"time_scale": -1}).status_code == 400
@@ -842,7 +866,9 @@ def test_the_request_journal_lists_every_v2_request_in_order_with_its_answer_and
     assert control.get("/_sim/requests", params={"since": "-1"}).status_code == 400
 
 
-def test_reset_clears_everything(do: httpx.Client, control: httpx.Client) -> None:
+def test_a_reset_clears_state_faults_and_rate_windows_but_keeps_the_config(
+    do: httpx.Client, control: httpx.Client
+) -> None:
     control.post("/_sim/config", json={"rate_limit_per_minute": 2})
     droplet_id = seed(control)
     act(do, droplet_id, type="snapshot", name="r")
@@ -856,7 +882,7 @@ def test_reset_clears_everything(do: httpx.Client, control: httpx.Client) -> Non
     assert state["config"]["rate_limit_per_minute"] == 2  # the config survives a reset
 
 
-def test_server_thread_stops_cleanly() -> None:
+def test_the_server_thread_frees_its_port_when_it_stops() -> None:
     with run_simulator_in_thread() as running:
         port = running.port
         assert running.base_url == f"http://127.0.0.1:{port}" and port > 0

@@ -9,112 +9,27 @@ side on its own.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import httpx
 import pytest
 from openapi_core import OpenAPI
-from openapi_core.datatypes import RequestParameters
-from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from sagas.digitalocean.simulator import RunningSimulator, SimulatorConfig, run_simulator_in_thread
+from tests.support.openapi import SPEC_SERVER, OpenAPIRequest, OpenAPIResponse, load_openapi, raw_spec
 
-SPEC_PATH = Path(__file__).parent / "spec" / "do-droplet-lifecycle.openapi.json"
-SPEC_SERVER = "https://api.digitalocean.com"
 AUTH = {"Authorization": "Bearer dop_v1_openapi-test"}
 TIME_SCALE = 0.01  # a 2 s action takes 20 ms; the 3 s listing lag 30 ms
 
 
-def _raw_spec() -> dict[str, Any]:
-    return dict(json.loads(SPEC_PATH.read_text()))
-
-
-def _fix_yaml_off(node: Any) -> None:
-    """Spec quirk: the upstream YAML lists the droplet status enum as ``[new, active, off, archive]``
-    and a YAML 1.1 loader turned the bare ``off`` into ``false`` when the spec was converted to JSON. The
-    real API (and its own prose: "off") reports ``"status": "off"``, so a powered-off droplet would fail
-    validation. We restore the string in exactly that enum and nowhere else (see
-    ``test_spec_quirk_droplet_status_off_is_false``)."""
-    if isinstance(node, dict):
-        enum = node.get("enum")
-        if isinstance(enum, list) and "active" in enum and False in enum:
-            node["enum"] = ["off" if v is False else v for v in enum]
-        for value in node.values():
-            _fix_yaml_off(value)
-    elif isinstance(node, list):
-        for value in node:
-            _fix_yaml_off(value)
+# --- fixtures (the spec and its httpx adapters: tests/support/openapi.py) -------------------------
 
 
 @pytest.fixture(scope="session")
 def openapi() -> OpenAPI:
-    spec = _raw_spec()
-    _fix_yaml_off(spec)
-    return OpenAPI.from_dict(spec)
-
-
-# --- httpx adapters for openapi-core's Request/Response protocols --------------------------------
-
-
-class HttpxOpenAPIRequest:
-    """An ``httpx.Request`` seen as a request to the spec's server (same path and query)."""
-
-    def __init__(self, request: httpx.Request) -> None:
-        self.request = request
-        self.parameters = RequestParameters(
-            query=ImmutableMultiDict(parse_qs(request.url.query.decode())),
-            header=Headers(list(request.headers.items())),
-            cookie=ImmutableMultiDict(),
-        )
-
-    @property
-    def host_url(self) -> str:
-        return SPEC_SERVER
-
-    @property
-    def path(self) -> str:
-        return self.request.url.path
-
-    @property
-    def method(self) -> str:
-        return self.request.method.lower()
-
-    @property
-    def body(self) -> bytes | None:
-        return self.request.content or None
-
-    @property
-    def content_type(self) -> str:
-        return str(self.request.headers.get("content-type", "")).lower()
-
-
-class HttpxOpenAPIResponse:
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-
-    @property
-    def status_code(self) -> int:
-        return self.response.status_code
-
-    @property
-    def content_type(self) -> str:
-        return str(self.response.headers.get("content-type", "")).lower()
-
-    @property
-    def headers(self) -> Headers:
-        return Headers(list(self.response.headers.items()))
-
-    @property
-    def data(self) -> bytes | None:
-        return self.response.content or None
-
-
-# --- fixtures -------------------------------------------------------------------------------------
+    return load_openapi()
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +48,9 @@ def api(server: RunningSimulator, openapi: OpenAPI) -> Iterator[Callable[..., ht
         def call(method: str, path: str, status: int, **kwargs: Any) -> httpx.Response:
             response = client.request(method, path, **kwargs)
             assert response.status_code == status, response.text
-            openapi.validate_response(HttpxOpenAPIRequest(response.request), HttpxOpenAPIResponse(response))
+            openapi.validate_response(
+                OpenAPIRequest(response.request, host_url=SPEC_SERVER), OpenAPIResponse(response)
+            )
             return response
 
         yield call
@@ -165,8 +82,8 @@ def _completed(server: RunningSimulator, action_id: int) -> None:
 
 
 def test_spec_quirk_droplet_status_off_is_false() -> None:
-    """If this fails, the spec was fixed upstream and ``_fix_yaml_off`` can go."""
-    droplet = _raw_spec()["paths"]["/v2/droplets/{droplet_id}"]["get"]["responses"]["200"]["content"][
+    """If this fails, the spec was fixed upstream and ``tests.support.openapi.fix_yaml_off`` can go."""
+    droplet = raw_spec()["paths"]["/v2/droplets/{droplet_id}"]["get"]["responses"]["200"]["content"][
         "application/json"
     ]["schema"]["properties"]["droplet"]
     assert droplet["properties"]["status"]["enum"] == ["new", "active", False, "archive"]
@@ -175,7 +92,9 @@ def test_spec_quirk_droplet_status_off_is_false() -> None:
 # --- droplets -------------------------------------------------------------------------------------
 
 
-def test_droplet_create_get_list_delete(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_droplet_create_get_list_and_delete_answer_as_the_spec_says(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     created = _create(api, "web-1", tags=["env:test", "web"])
     droplet = created["droplet"]
     assert droplet["status"] == "new" and droplet["locked"] is False
@@ -202,14 +121,18 @@ def test_droplet_create_get_list_delete(api: Callable[..., httpx.Response], serv
     api("GET", f"/v2/droplets/{droplet['id']}", 404)
 
 
-def test_droplet_create_rejections(api: Callable[..., httpx.Response]) -> None:
+def test_a_droplet_create_with_a_bad_size_or_name_is_a_422_the_spec_allows(
+    api: Callable[..., httpx.Response],
+) -> None:
     bad_size = {"name": "web-1", "region": "nyc3", "size": "huge", "image": "ubuntu-22-04-x64"}
     assert api("POST", "/v2/droplets", 422, json=bad_size).json()["id"] == "unprocessable_entity"
     bad_name = {**bad_size, "size": "s-1vcpu-1gb", "name": "bad name!"}
     api("POST", "/v2/droplets", 422, json=bad_name)
 
 
-def test_multi_create_and_delete_by_tag(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_creating_several_droplets_and_deleting_by_tag_answer_as_the_spec_says(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     body = {"names": ["a-1", "a-2"], "size": "s-1vcpu-1gb", "image": "debian-12-x64", "tags": ["batch"]}
     created = api("POST", "/v2/droplets", 202, json=body).json()
     assert [d["name"] for d in created["droplets"]] == ["a-1", "a-2"]
@@ -235,7 +158,9 @@ def test_powered_off_droplet_validates_with_the_quirk_fixed(
 # --- actions --------------------------------------------------------------------------------------
 
 
-def test_droplet_actions_routes(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_droplet_action_routes_answer_as_the_spec_says_and_refuse_while_one_is_pending(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     droplet_id = _active(api, server, "act-1")
     server.app.update_config(action_seconds_by_type={"snapshot": 50.0})  # pending long enough to see
     base = f"/v2/droplets/{droplet_id}/actions"
@@ -262,7 +187,9 @@ def test_droplet_actions_routes(api: Callable[..., httpx.Response], server: Runn
     api("POST", base, 422, json={"type": "resize", "size": "s-2vcpu-4gb"})  # droplet is on
 
 
-def test_every_other_action_type(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_reboot_power_rebuild_rename_and_backup_actions_complete_as_the_spec_says(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     droplet_id = _active(api, server, "types-1")
     bodies: list[dict[str, Any]] = [
         {"type": "reboot"},
@@ -284,7 +211,9 @@ def test_every_other_action_type(api: Callable[..., httpx.Response], server: Run
 # --- snapshots and images -------------------------------------------------------------------------
 
 
-def test_snapshot_routes(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_snapshot_and_image_routes_list_get_restore_and_delete_as_the_spec_says(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     droplet_id = _active(api, server, "snap-src")
     action = api("POST", f"/v2/droplets/{droplet_id}/actions", 201, json={"type": "snapshot"}).json()[
         "action"
@@ -322,7 +251,9 @@ def test_snapshot_routes(api: Callable[..., httpx.Response], server: RunningSimu
 # --- power, resize, restore, rebuild ---------------------------------------------------------------
 
 
-def test_power_resize_restore_rebuild(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_power_resize_restore_and_rebuild_answers_and_refusals_match_the_spec(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     droplet_id = _active(api, server, "life-1")
     base = f"/v2/droplets/{droplet_id}/actions"
 
@@ -373,7 +304,9 @@ def test_power_resize_restore_rebuild(api: Callable[..., httpx.Response], server
 # --- domain records -------------------------------------------------------------------------------
 
 
-def test_domain_record_routes(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_domain_record_routes_create_list_get_delete_and_refuse_as_the_spec_says(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     server.app.world.seed_domain({"name": "example.com"})
     base = "/v2/domains/example.com/records"
     created = []
@@ -414,7 +347,7 @@ def test_domain_record_routes(api: Callable[..., httpx.Response], server: Runnin
     api("GET", base, 401, headers={"Authorization": ""})
 
 
-def test_domain_record_rate_limit_and_500(
+def test_domain_record_500_and_429_answers_match_the_spec(
     api: Callable[..., httpx.Response], server: RunningSimulator
 ) -> None:
     server.app.world.seed_domain({"name": "example.com"})
@@ -430,13 +363,15 @@ def test_domain_record_rate_limit_and_500(
 # --- the edge: auth, rate limits, injected faults -------------------------------------------------
 
 
-def test_unauthenticated_is_401(api: Callable[..., httpx.Response]) -> None:
+def test_a_request_without_a_token_is_a_401_the_spec_allows(api: Callable[..., httpx.Response]) -> None:
     for path in ("/v2/actions", "/v2/droplets", "/v2/snapshots", "/v2/droplets/1"):
         body = api("GET", path, 401, headers={"Authorization": ""}).json()
         assert body["id"] == "unauthorized" and body["message"] == "Unable to authenticate you"
 
 
-def test_rate_limited_is_429(api: Callable[..., httpx.Response], server: RunningSimulator) -> None:
+def test_requests_over_the_rate_limit_are_429s_the_spec_allows(
+    api: Callable[..., httpx.Response], server: RunningSimulator
+) -> None:
     server.app.update_config(rate_limit_per_minute=2)
     api("GET", "/v2/actions", 200)
     api("GET", "/v2/droplets", 200)
@@ -461,7 +396,7 @@ def test_injected_faults_follow_the_spec_where_the_real_api_does(
         html = client.get("/v2/droplets")
     assert html.status_code == 503 and html.headers["content-type"].startswith("text/html")
     with pytest.raises(Exception, match=r"(?i)content|media|type"):
-        openapi.validate_response(HttpxOpenAPIRequest(html.request), HttpxOpenAPIResponse(html))
+        openapi.validate_response(OpenAPIRequest(html.request, host_url=SPEC_SERVER), OpenAPIResponse(html))
 
 
 def test_spec_checks_are_not_vacuous(api: Callable[..., httpx.Response], openapi: OpenAPI) -> None:
@@ -475,4 +410,6 @@ def test_spec_checks_are_not_vacuous(api: Callable[..., httpx.Response], openapi
         202, json=broken, headers={"content-type": "application/json"}, request=response.request
     )
     with pytest.raises(Exception, match=r"(?i)invalid|validat"):
-        openapi.validate_response(HttpxOpenAPIRequest(forged.request), HttpxOpenAPIResponse(forged))
+        openapi.validate_response(
+            OpenAPIRequest(forged.request, host_url=SPEC_SERVER), OpenAPIResponse(forged)
+        )

@@ -22,7 +22,7 @@ from sagas.runner import Runner
 from sagas.services import Services
 from sagas.settings import Settings
 from tasks.registry import catalog
-from tests.conftest import REPO, live_snapshots, seed_droplet, wait_for
+from tests.conftest import REPO, fail_snapshot_deletes, live_snapshots, seed_droplet, wait_for
 
 _open: list[Services] = []
 
@@ -378,10 +378,7 @@ def test_compensation_failing_then_resume_finishes_rollback(
     sim: httpx.Client, ledger: Ledger, settings: Settings
 ) -> None:
     droplet = seed_droplet(sim)
-    sim.post(
-        "/_sim/faults",
-        json={"rules": [{"method": "DELETE", "path": "^/v2/snapshots/", "kind": "error_500", "times": None}]},
-    ).raise_for_status()
+    fail_snapshot_deletes(sim)
     saga_id = start(ledger, "test", {"droplet_id": droplet}, ["create_droplet_snapshot", "fail"])
     saga = runner(ledger, settings).advance(saga_id)
     assert saga.status is SagaStatus.COMPENSATION_FAILED
@@ -403,10 +400,7 @@ def test_snapshot_already_gone_counts_as_undone(
     sim: httpx.Client, ledger: Ledger, settings: Settings
 ) -> None:
     droplet = seed_droplet(sim)
-    sim.post(
-        "/_sim/faults",
-        json={"rules": [{"method": "DELETE", "path": "^/v2/snapshots/", "kind": "error_500", "times": None}]},
-    ).raise_for_status()
+    fail_snapshot_deletes(sim)
     saga_id = start(ledger, "test", {"droplet_id": droplet}, ["create_droplet_snapshot", "fail"])
     assert runner(ledger, settings).advance(saga_id).status is SagaStatus.COMPENSATION_FAILED
     sim.delete("/_sim/faults")
