@@ -210,7 +210,7 @@ def test_a_killed_process_holds_nothing_once_its_leases_lapse(
     droplet = seed_droplet(sim)
     key = key_of(slower_budget_env)
     window, hold = SLOWER_WINDOW, SLOWER_WINDOW / 60
-    seconds = 6.3 * window
+    seconds = 5.3 * window
     run_for = ("--seconds", str(seconds))
     urgent = launch(workers, slower_budget_env, droplet, *run_for, "--priority", "compensation")
     fleet = launch(workers, slower_budget_env, droplet, *run_for, "--priority", "scheduled")
@@ -218,7 +218,7 @@ def test_a_killed_process_holds_nothing_once_its_leases_lapse(
     go(urgent, start)
     go(fleet, start)
     seen_waiting = False
-    while time.time() < start + 3 * window:
+    while time.time() < start + 2 * window:
         seen_waiting = seen_waiting or any(urgent.holds(w.holder) for w in store.waiters(key))
         time.sleep(0.05)
     assert seen_waiting
@@ -239,11 +239,8 @@ def test_a_killed_process_holds_nothing_once_its_leases_lapse(
 
     done = fleet.result()["done"]
     assert counters(sim)["rate_limited_429"] == 0
-    # While the compensating process lived, the fleet gave way to it ... from the second refill on:
-    # at the first refill after the opening burst the fleet has been seen to take 10 of 60 (18 at
-    # 50x time) before the compensation's place in the queue stops it, a known weakness (issue 15's
-    # note); the steady state is what this asserts.
-    assert served_between(done, start + 2 * window, killed_at) <= 0.1 * LIMIT
+    # While the compensating process lived, the fleet gave way to it (beyond the first burst) ...
+    assert served_between(done, start + window, killed_at) <= 0.1 * LIMIT
     # ... and after it died the fleet had the budget to itself, up to the fleet's ceiling. A
     # saturated window refills in bursts, so only whole windows are counted.
     after = killed_at + hold + window
