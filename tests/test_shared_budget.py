@@ -398,6 +398,55 @@ def test_requests_sent_without_the_store_are_counted_when_it_answers_again(
     assert sorted(r.slots for r in store.reservations(key)) == [3, 3, 4]
 
 
+def test_a_compensation_served_after_waiting_keeps_its_place_through_a_pause(
+    store: PostgresBudgetStore,
+) -> None:
+    """Issue 15: a compensation that waited for the window to refill is served as slots free, but
+    its process may then pause longer than 1/50 of a window (every thread busy sending, a loaded
+    CPU) before it asks again. The fleet must still give way meanwhile: the slots freeing are the
+    ones the compensation waited for. Once it has not been refused for 3/20 of a window, being
+    served holds the fleet back only for 1/50 of a window again."""
+    key = fresh_key()
+    scale = 0.05
+    window = (60 + GUARD_SECONDS) * scale  # 3.05 s: 1/50 is 61 ms, 3/20 is 458 ms
+    urgent = SharedRateBudget(store, key, per_minute=4, per_hour=5000, scale=scale)
+    pause = 0.2
+
+    def fleet_asks() -> Grant:
+        return ask(
+            store,
+            key,
+            "fleet",
+            Priority.SCHEDULED,
+            1,
+            per_minute=4,
+            minute=window,
+            hold=window / 60,
+            yield_seconds=window / 50,
+        )
+
+    def send() -> None:
+        urgent.acquire()
+        urgent.observe({})
+
+    with request_priority(Priority.COMPENSATION):
+        for _ in range(4):  # the window is full
+            send()
+        asked = time.monotonic()
+        send()  # refused until the first of them leaves the window, then served
+        assert time.monotonic() - asked > window / 2
+        time.sleep(pause)
+        refused = fleet_asks()
+        assert refused.slots == 0
+        # ... told to ask again when the compensation's place lapses, unless it is renewed.
+        assert window / 50 < refused.retry_in <= window * 3 / 20
+
+        time.sleep(window * 3 / 20 + 0.05 - pause)  # not refused for 3/20 of a window now
+        send()
+        time.sleep(pause)
+    assert fleet_asks().slots == 1
+
+
 def test_in_one_process_a_waiting_compensation_goes_before_the_queued_fleet(
     store: PostgresBudgetStore,
 ) -> None:

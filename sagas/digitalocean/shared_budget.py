@@ -27,9 +27,14 @@ provider's headers) for all the token's users at once:
   registers as waiting, with its priority, for 3/20 of a window (renewed at least every 1/10
   while it waits, so a dead process's place lapses within 9 s of real time); once
   served it stays registered for 1/50 of a window more, so that a busy process's next request
-  does not lose its turn. A lease for a lower priority is refused while another process is
-  registered with a higher one, so the next slots that free go to the rollback, not to the fleet
-  that asked first. The reserves of ``RESERVES``
+  does not lose its turn. Served within 3/20 of a window of being refused, it stays registered
+  for 3/20 more instead, as a waiting process: it is still working through what queued while it
+  waited, and a pause of its own (every thread busy sending, a loaded CPU) must not hand the
+  slots it waited for to a lower priority (the price: the fleet may sit out 3/20 of a window after
+  a rollback that had to wait is done). A lease for a lower priority is refused while another
+  process is registered with a higher one, so the next slots that free go to the rollback, not to
+  the fleet that asked first; the fleet is told to ask again when the rollback's place lapses
+  (sooner if its own poll says so). The reserves of ``RESERVES``
   apply to the store's windows: the fleet leaves 4% of each minute and 20% of each hour.
 - **When the store fails** (Postgres restarting, unreachable, a lease call slower than two
   seconds) the process neither stops nor bursts: leases it holds stay good until they lapse, and
@@ -107,7 +112,7 @@ class LeaseRequest:
     hour_seconds: float
     hold_seconds: float
     wait_seconds: float  # how long a refused caller stays registered as waiting
-    yield_seconds: float  # when to ask again after giving way to a more urgent process
+    yield_seconds: float  # how long a caller served in full stays registered
     settle: tuple[Settlement, ...] = ()
     offline_minute: int = 0  # sent without the store, still in the minute window
     offline_hour: int = 0  # ... still in the hour window (the minute's included)
@@ -198,7 +203,7 @@ class SharedRateBudget:
         self._hold = self._minute / 60
         self._poll = self._minute / 10  # a waiting process asks again at least this often ...
         self._wait = self._poll * 1.5  # ... so its place in the queue outlives the gap
-        self._yield = self._minute / 50
+        self._yield = self._minute / 50  # ... and stays registered once served
         self._after_expiry = self._minute / 1000  # let a few slots free up before asking again
         self._max_block = max(1, min(MAX_BLOCK, per_minute // 25))
         self._fallback = RateBudget(
@@ -212,6 +217,7 @@ class SharedRateBudget:
         self._turns = Turns()
         self._leases: list[_Lease] = []
         self._retry_at: dict[Priority, float] = dict.fromkeys(Priority, 0.0)
+        self._refused_at: dict[Priority, float] = dict.fromkeys(Priority, -math.inf)
         self._block = 1
         self._fetching = False
         self._fetch_started = 0.0
@@ -375,6 +381,11 @@ class SharedRateBudget:
         waiting = self._turns.waiting(priority)
         want = max(1, min(self._max_block, max(waiting, self._block)))
         minute_ceiling, hour_ceiling = ceilings(self.per_minute, self.per_hour, priority)
+        # Refused lately, this process is still working through the requests that queued while
+        # it waited, and may be busy sending them all when it asks (nothing queued, every slot in
+        # flight): served now, it keeps a waiting process's place, so that a pause of its own (a
+        # loaded CPU) does not hand the slots it waited for to a lower priority.
+        refused_lately = now - self._refused_at[priority] < self._wait
         request = LeaseRequest(
             token_key=self._key,
             holder=self.holder,
@@ -386,7 +397,7 @@ class SharedRateBudget:
             hour_seconds=self._hour,
             hold_seconds=self._hold,
             wait_seconds=self._wait,
-            yield_seconds=self._yield,
+            yield_seconds=self._wait if refused_lately else self._yield,
             settle=tuple(s for _, s in settle) + tuple(Settlement(x.lease_id, x.used, 0.0) for x in extend),
             offline_minute=offline_minute,
             offline_hour=offline_hour,
@@ -440,6 +451,7 @@ class SharedRateBudget:
                 )
             )
         if grant.slots < want:
+            self._refused_at[priority] = answered_at
             # Nothing more for this priority (nor any below it) before the store's word.
             retry_at = answered_at + min(grant.retry_in + self._after_expiry, self._poll)
             for p in Priority:
