@@ -324,6 +324,17 @@ _RELEASE = (
 )
 
 
+# The step row a statement writes: by the saga's id as a constant as well as through ``fence``
+# (the same value; no row when the lease is lost). Joined through ``fence`` alone, the planner may
+# scan the whole table for the step and join afterwards, as it did on a young table once the row
+# grew a column (migration 0007): a sequential scan per step that grew with the table.
+_STEP_ROW = (
+    "saga_step_results.saga_id = %(saga_id)s AND saga_step_results.saga_id = fence.id"
+    " AND saga_step_results.step_idx = %(idx)s"
+)
+_LOCK_ROW = "saga_resource_locks.saga_id = %(saga_id)s AND saga_resource_locks.saga_id = fence.id"
+
+
 def _fence(set_sql: str = "") -> str:
     return _FENCE_SQL.format(set=set_sql)
 
@@ -333,7 +344,7 @@ def _step_update(set_sql: str) -> str:
     return (
         f"WITH fence AS ({_fence()}),"
         f" step AS (UPDATE saga_step_results SET {set_sql}, updated_at = now() FROM fence"
-        " WHERE saga_step_results.saga_id = fence.id AND saga_step_results.step_idx = %(idx)s"
+        f" WHERE {_STEP_ROW}"
         " RETURNING saga_step_results.id)"
         " SELECT fence.cancel_requested AS fence_cancel_requested,"
         " (SELECT count(*) FROM step) AS updated FROM fence"
@@ -350,7 +361,7 @@ _SET_STATUS = (
         " finished_at = CASE WHEN %(finished)s THEN now() ELSE NULL END"
     )
     + "), released AS (DELETE FROM saga_resource_locks USING fence"
-    " WHERE %(release)s AND saga_resource_locks.saga_id = fence.id RETURNING 1)"
+    f" WHERE %(release)s AND {_LOCK_ROW} RETURNING 1)"
     " SELECT fence.cancel_requested AS fence_cancel_requested FROM fence"
 )
 _AWAIT_APPROVAL = (
@@ -410,11 +421,11 @@ _STEP_COMPLETED = (
     )
     + "), done AS (UPDATE saga_step_results SET status = 'completed', output = output || %(output)s,"
     " error = NULL, completed_at = now(), updated_at = now() FROM fence"
-    " WHERE saga_step_results.saga_id = fence.id AND saga_step_results.step_idx = %(idx)s"
+    f" WHERE {_STEP_ROW}"
     " RETURNING saga_step_results.id),"
     " released AS (DELETE FROM saga_resource_locks USING fence"
     " WHERE %(finish)s AND NOT (%(finish_unless_cancelled)s AND fence.cancel_requested)"
-    " AND saga_resource_locks.saga_id = fence.id AND EXISTS (SELECT 1 FROM done)"
+    f" AND {_LOCK_ROW} AND EXISTS (SELECT 1 FROM done)"
     " RETURNING 1),"
     " nxt AS (INSERT INTO saga_step_results"
     " (saga_id, step_idx, step_name, status, idempotency_key, attempts, started_at)"
