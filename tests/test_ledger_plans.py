@@ -25,6 +25,7 @@ import sagas.ledger.fenced as fenced
 from sagas.ledger.database import dispose_engines, engine_for
 from sagas.ledger.store import Ledger
 from sagas.settings import load_settings
+from tests.conftest import _with_database
 from tests.support.recorder import Recorder, make_catalog, make_runner, new_saga
 
 LEDGER_TABLES = {"saga_runs", "saga_step_results", "saga_resource_locks"}
@@ -74,13 +75,14 @@ def statements() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def young_ledger(database_url: str) -> Iterator[str]:
-    """A ledger database of its own with one saga of three steps run through the runner."""
+    """A ledger database of its own, on the tests' server, with three sagas of three steps run
+    through the runner."""
     name = f"sagas_test_plans_{os.getpid()}"
-    server = database_url.rsplit("/", 1)[0] + "/postgres"
+    server = _with_database(database_url, "postgres")  # a socket URL too (the embedded server)
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{server.rsplit('/', 1)[0]}/{name}"
+    url = _with_database(database_url, name)
     settings = load_settings(database_url=url)
     try:
         ledger = Ledger(engine_for(settings))
